@@ -1,0 +1,51 @@
+"""root_optax: ROOT (Robust Orthogonalized Optimizer) as composable Optax transforms.
+
+ROOT (He et al., 2025, arXiv 2511.20626) is Muon with two robustness fixes:
+shape-specific Newton-Schulz coefficients (AdaNewton) and soft-thresholding of
+momentum outliers before orthogonalisation. Each step is a plain
+`optax.GradientTransformation`; `root()` chains them.
+"""
+
+from root_optax.alias import root
+from root_optax.coefficients import CoefficientTable
+from root_optax.coefficients import composed_polynomial
+from root_optax.coefficients import load_coefficients
+from root_optax.coefficients import polynomial_envelope
+from root_optax.coefficients import preset_names
+from root_optax.dimensions import DimensionNumbers
+from root_optax.labels import default_labels
+from root_optax.labels import route_by_path
+from root_optax.momentum import trace
+from root_optax.newton_schulz import newton_schulz
+from root_optax.orthogonalize import ada_newton_orthogonalize
+from root_optax.outliers import SoftThresholdState
+from root_optax.outliers import exact_abs_quantile
+from root_optax.outliers import fast_abs_quantiles
+from root_optax.outliers import soft_threshold
+from root_optax.outliers import soft_threshold_outliers
+from root_optax.outliers import split_outliers
+from root_optax.scaling import scale_by_shape
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CoefficientTable",
+    "DimensionNumbers",
+    "ada_newton_orthogonalize",
+    "composed_polynomial",
+    "default_labels",
+    "exact_abs_quantile",
+    "fast_abs_quantiles",
+    "load_coefficients",
+    "newton_schulz",
+    "polynomial_envelope",
+    "preset_names",
+    "root",
+    "route_by_path",
+    "scale_by_shape",
+    "soft_threshold",
+    "soft_threshold_outliers",
+    "split_outliers",
+    "trace",
+    "SoftThresholdState",
+)

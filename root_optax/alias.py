@@ -1,0 +1,172 @@
+"""`root()`: the ROOT optimizer, chained from the package's transforms."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import jax
+import optax
+
+from root_optax import _validation
+from root_optax import coefficients as coefficients_lib
+from root_optax import dimensions
+from root_optax import labels as labels_lib
+from root_optax import momentum as momentum_lib
+from root_optax import orthogonalize
+from root_optax import outliers
+from root_optax import scaling as scaling_lib
+
+MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
+
+
+def _root_branch_dimension_numbers(weight_dimension_numbers):
+  """Dimension numbers for the leaves `optax.partition` sends to the ROOT chain.
+
+  Inside the branch, AdamW leaves are `optax.MaskedNode`; a user's tree of
+  dimension numbers is aligned with that, and a ROOT leaf without dimension
+  numbers must be 2-D.
+  """
+  def dims_for(updates):
+    spec = weight_dimension_numbers
+    if callable(spec) and not dimensions.is_dimension_numbers(spec):
+      spec = spec(updates)
+    if spec is not None and not dimensions.is_dimension_numbers(spec):
+      spec = labels_lib.mask_like(spec, updates)
+    leaves, treedef = jax.tree.flatten(updates)
+    per_leaf = dimensions.resolve(spec, updates)
+    for leaf, dims in zip(leaves, per_leaf):
+      if dims is None:
+        raise ValueError(
+            f"a leaf of shape {leaf.shape} is labelled {labels_lib.ROOT!r} but is not "
+            "2-D; give it weight_dimension_numbers or label it "
+            f"{labels_lib.ADAM!r}")
+    return jax.tree.unflatten(treedef, per_leaf)
+  return dims_for
+
+
+def _labels_fn(param_labels, weight_dimension_numbers):
+  if param_labels is not None:
+    return lambda params: labels_lib.resolve_labels(param_labels, params)
+  if weight_dimension_numbers is not None:
+    return lambda params: labels_lib.labels_from_dimension_numbers(weight_dimension_numbers, params)
+  return labels_lib.default_labels
+
+
+def _branch_mask(mask: MaskOrFn):
+  """A weight-decay mask usable inside an `optax.partition` branch."""
+  if mask is None or callable(mask):
+    return mask
+  return lambda params: labels_lib.mask_like(mask, params)
+
+
+def root(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    quantile: float = 0.90,
+    threshold: Optional[float] = None,
+    threshold_method: str = outliers.FAST,
+    coefficients: coefficients_lib.CoefficientSpec = "paper",
+    ns_steps: int = 5,
+    normalization: Optional[str] = None,
+    eps: float = 1e-7,
+    compute_dtype=None,
+    mu_dtype=None,
+    scaling: Optional[str] = scaling_lib.RMS,
+    rms: float = 0.2,
+    weight_decay: float = 0.1,
+    weight_decay_mask: MaskOrFn = None,
+    param_labels: labels_lib.LabelsOrFn = None,
+    weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.95,
+    adam_eps: float = 1e-8,
+    adam_weight_decay: Optional[float] = None,
+) -> optax.GradientTransformation:
+  r"""ROOT: Robust Orthogonalized Optimizer (He et al., 2025).
+
+  For each matrix parameter ``W`` with gradient ``G`` (paper Algorithm 1, with
+  the reference script's Nesterov momentum and scaling)::
+
+    M   = mu M + G;   N = G + mu M          (trace)
+    B   = clip(N, -eps_q, eps_q)            (soft_threshold_outliers)
+    U   = NS_shape(B / ||B||_F)             (ada_newton_orthogonalize)
+    W  <- W (1 - lr wd) - lr 0.2 sqrt(max(m, n)) U   (scale_by_shape, decay)
+
+  where ``eps_q`` is the ``quantile``-quantile of ``|N|``. The weight decay is
+  decoupled and multiplied by the unscaled learning rate, as in the reference
+  (``w *= 1 - lr * wd``). Leaves labelled ``'adam'`` (by default every leaf
+  that is not 2-D; use `route_by_path` to also send embeddings and the LM head,
+  as the reference does) are trained with AdamW (betas 0.9, 0.95).
+
+  Args:
+    learning_rate: A float or an optax schedule.
+    momentum: ``mu`` in [0, 1).
+    nesterov: Use the Nesterov look-ahead ``G + mu M``.
+    quantile: ``p`` in (0, 1] of the outlier threshold (0.90 in the paper).
+    threshold: A fixed threshold instead of the quantile.
+    threshold_method: ``'fast'`` (bisection, no sort) or ``'exact'`` (sort).
+    coefficients: Newton-Schulz coefficient table; see
+      `ada_newton_orthogonalize`. Default ``'paper'`` (Table 1).
+    ns_steps: Newton-Schulz iterations.
+    normalization: None (the table's), ``'frobenius'``, ``'schatten4'``, ``'aol'``.
+    eps: Added to the Frobenius norm before Newton-Schulz.
+    compute_dtype: dtype of the Newton-Schulz iteration.
+    mu_dtype: dtype of the momentum buffers (ROOT and AdamW).
+    scaling: ``'rms'`` (reference), ``'spectral'`` or None.
+    rms: Target RMS of ``'rms'`` scaling.
+    weight_decay: Decoupled weight decay, >= 0, for ROOT leaves.
+    weight_decay_mask: A bool tree like the params, or a callable returning
+      one; True where weight decay applies (both branches).
+    param_labels: A tree of ``'root'`` / ``'adam'`` like the params, or a
+      callable returning one.
+    weight_dimension_numbers: `optax.contrib.MuonDimensionNumbers` per leaf
+      (None for AdamW leaves), one for all leaves of rank >= 2, or a callable;
+      lets stacked (scanned) layers and conv kernels be ROOT leaves.
+    adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
+    adam_b1: AdamW's first-moment decay.
+    adam_b2: AdamW's second-moment decay.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay (default: ``weight_decay``).
+
+  Returns:
+    An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
+    AdamW.
+
+  References:
+    He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
+    Training <https://arxiv.org/abs/2511.20626>`_, 2025.
+
+    Liu et al., `Muon is Scalable for LLM Training
+    <https://arxiv.org/abs/2502.16982>`_, 2025.
+  """
+  _validation.at_least("weight_decay", weight_decay, 0.0)
+  if adam_weight_decay is not None:
+    _validation.at_least("adam_weight_decay", adam_weight_decay, 0.0)
+  for name, beta in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
+    _validation.in_range(name, beta, 0.0, 1.0, high_open=True)
+  _validation.in_range("adam_eps", adam_eps, 0.0, float("inf"), low_open=True)
+  dimensions.validate_spec(weight_dimension_numbers)
+  dims_fn = _root_branch_dimension_numbers(weight_dimension_numbers)
+  mask = _branch_mask(weight_decay_mask)
+  root_chain = optax.chain(
+      momentum_lib.trace(momentum, nesterov, mu_dtype),
+      outliers.soft_threshold_outliers(
+          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn),
+      orthogonalize.ada_newton_orthogonalize(
+          coefficients, ns_steps, normalization, eps, compute_dtype,
+          weight_dimension_numbers=dims_fn),
+      scaling_lib.scale_by_shape(scaling, rms, weight_dimension_numbers=dims_fn),
+      optax.add_decayed_weights(weight_decay, mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  adam = optax.adamw(
+      learning_rate=learning_rate if adam_learning_rate is None else adam_learning_rate,
+      b1=adam_b1, b2=adam_b2, eps=adam_eps,
+      weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+      mask=mask, mu_dtype=mu_dtype)
+  return optax.partition(
+      {labels_lib.ROOT: root_chain, labels_lib.ADAM: adam},
+      _labels_fn(param_labels, weight_dimension_numbers))

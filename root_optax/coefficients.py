@@ -1,0 +1,292 @@
+"""Newton-Schulz coefficient tables keyed by matrix shape (AdaNewton).
+
+ROOT's "algorithmic robustness" (paper Sec. 4.2, Eq. 4) picks the quintic
+Newton-Schulz coefficients ``(a, b, c)`` of ``g(x) = a x + b x^3 + c x^5`` per
+matrix shape, keyed ``(min(rows, cols), max(rows, cols))``. A table entry is
+either one triple (used at every step, as in the paper) or a list of triples,
+one per iteration (as in Polar Express). The published tables ship as data in
+``root_optax/data/coefficients.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any, Union
+
+import numpy as np
+
+ShapeKey = tuple[int, int]
+
+_DATA_PACKAGE = "root_optax.data"
+_PRESET_FILE = "coefficients.json"
+_YAML_SUFFIXES = (".yaml", ".yml")
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NORMALIZATIONS = ("frobenius", "schatten4", "aol")
+# A composed polynomial whose maximum over [0, 1] exceeds this is flagged:
+# Muon's own triple peaks at 1.20, the authors' 2048x2048 triple at 3.31.
+DEFAULT_MAX_GAIN = 1.5
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CoefficientTable:
+  """Newton-Schulz coefficients per matrix shape.
+
+  Attributes:
+    name: A label used in warnings and reports.
+    default: ``(T, 3)`` coefficients for shapes not in ``shapes``.
+    shapes: Maps ``(min, max)`` to ``(T, 3)`` coefficients.
+    normalization: The pre-conditioning the coefficients were fitted for.
+    source: Where the numbers came from.
+  """
+
+  name: str
+  default: np.ndarray
+  shapes: Mapping[ShapeKey, np.ndarray]
+  normalization: str = "frobenius"
+  source: str = ""
+
+  def lookup(self, key: ShapeKey) -> tuple[np.ndarray, bool]:
+    """Returns ``(coefficients, found)`` for a ``(min, max)`` shape key."""
+    key = shape_key(key)
+    if key in self.shapes:
+      return self.shapes[key], True
+    return self.default, False
+
+  def entries(self) -> dict[str, np.ndarray]:
+    """All coefficient arrays, by printable key (``'default'`` included)."""
+    out = {"default": self.default}
+    out.update({f"{m}x{n}": c for (m, n), c in self.shapes.items()})
+    return out
+
+  def to_json_dict(self) -> dict[str, Any]:
+    """A JSON-serialisable dict that `load_coefficients` reads back."""
+    as_list = lambda c: c.tolist() if len(c) > 1 else c[0].tolist()
+    return {
+        "source": self.source,
+        "normalization": self.normalization,
+        "default": as_list(self.default),
+        "shapes": {f"{m}x{n}": as_list(c) for (m, n), c in self.shapes.items()},
+    }
+
+
+CoefficientSpec = Union[str, os.PathLike, Mapping, Sequence, CoefficientTable]
+
+
+def shape_key(shape: Sequence[int] | str) -> ShapeKey:
+  """Returns the ``(min, max)`` key of a matrix shape or of a ``'MxN'`` string."""
+  if isinstance(shape, str):
+    parts = shape.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      raise ValueError(f"coefficient table key must look like '768x3072', got {shape!r}")
+    shape = tuple(int(p) for p in parts)
+  if len(shape) != 2 or min(shape) < 1:
+    raise ValueError(f"a matrix shape key needs two positive sizes, got {shape!r}")
+  return (int(min(shape)), int(max(shape)))
+
+
+def as_coefficient_array(value: Any, where: str = "coefficients") -> np.ndarray:
+  """Validates one table entry and returns it as a ``(T, 3)`` float64 array."""
+  try:
+    arr = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where} must be numbers (a, b, c) or a list of them, got {value!r}") from e
+  if arr.ndim == 1:
+    arr = arr[None, :]
+  if arr.ndim != 2 or arr.shape[-1] != 3 or arr.shape[0] < 1:
+    raise ValueError(
+        f"{where} must have shape (3,) or (T, 3) with T >= 1, got shape {arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"{where} must be finite, got {arr.tolist()}")
+  return arr
+
+
+def validate_normalization(normalization: str) -> str:
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(
+        f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+  return normalization
+
+
+def preset_names() -> tuple[str, ...]:
+  """Names of the coefficient tables shipped with the package."""
+  return tuple(sorted(_read_presets()))
+
+
+def _read_presets() -> dict[str, Any]:
+  text = resources.files(_DATA_PACKAGE).joinpath(_PRESET_FILE).read_text()
+  presets = json.loads(text)
+  extra_dir = resources.files(_DATA_PACKAGE)
+  for entry in extra_dir.iterdir():
+    name = entry.name
+    if name.startswith("preset_") and name.endswith(".json"):
+      presets[name[len("preset_"):-len(".json")]] = json.loads(entry.read_text())
+  return presets
+
+
+def _read_table_file(path: str) -> Any:
+  try:
+    with open(path) as f:
+      if path.endswith(_YAML_SUFFIXES):
+        import yaml  # pylint: disable=import-outside-toplevel
+        return yaml.safe_load(f)
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"coefficients file {path!r} could not be read: {e}") from e
+  except Exception as e:  # yaml.YAMLError does not subclass ValueError.
+    if type(e).__module__.startswith("yaml"):
+      raise ValueError(f"coefficients file {path!r} could not be parsed: {e}") from e
+    raise
+
+
+def _table_from_mapping(name: str, data: Mapping) -> CoefficientTable:
+  if "shapes" in data or "default" in data:
+    unknown = set(data) - {"shapes", "default", "normalization", "source", "meta"}
+    if unknown:
+      raise ValueError(f"coefficients table {name!r} has unknown fields {sorted(unknown)}")
+    shapes_in = data.get("shapes", {}) or {}
+    default = data.get("default", MUON_COEFFICIENTS)
+    normalization = data.get("normalization", "frobenius")
+    source = data.get("source", "")
+  else:
+    shapes_in, default, normalization, source = data, MUON_COEFFICIENTS, "frobenius", ""
+  shapes = {}
+  for key, value in shapes_in.items():
+    k = shape_key(key)
+    shapes[k] = as_coefficient_array(value, f"coefficients[{name!r}][{k[0]}x{k[1]}]")
+  return CoefficientTable(
+      name=name,
+      default=as_coefficient_array(default, f"coefficients[{name!r}]['default']"),
+      shapes=shapes,
+      normalization=validate_normalization(normalization),
+      source=str(source),
+  )
+
+
+def load_coefficients(spec: CoefficientSpec) -> CoefficientTable:
+  """Builds a `CoefficientTable` from a preset name, a file, a dict or triples.
+
+  Args:
+    spec: One of: a preset name (``'paper'``, ``'reference'``, ``'muon'``,
+      ``'classic'``, or any other name in `preset_names`); a path to a JSON or
+      YAML file; a mapping ``{'768x3072': (a, b, c), ...}`` or
+      ``{'default': ..., 'shapes': {...}, 'normalization': ...}``; one triple
+      ``(a, b, c)`` or a list of per-iteration triples used for every shape;
+      or a `CoefficientTable`.
+
+  Returns:
+    The validated table.
+
+  Raises:
+    ValueError: if the spec is unknown, a file does not parse, or an entry is
+      not a finite ``(3,)`` or ``(T, 3)`` array.
+  """
+  if isinstance(spec, CoefficientTable):
+    return spec
+  if isinstance(spec, (str, os.PathLike)):
+    text = os.fspath(spec)
+    presets = _read_presets()
+    if text in presets:
+      return _table_from_mapping(text, presets[text])
+    if os.path.exists(text):
+      data = _read_table_file(text)
+      if not isinstance(data, Mapping):
+        raise ValueError(f"coefficients file {text!r} must hold a mapping, got {type(data).__name__}")
+      return _table_from_mapping(os.path.basename(text), data)
+    raise ValueError(
+        f"coefficients must be a preset in {preset_names()} or an existing "
+        f"JSON/YAML file, got {text!r}")
+  if isinstance(spec, Mapping):
+    return _table_from_mapping("custom", spec)
+  if isinstance(spec, (Sequence, np.ndarray)):
+    return CoefficientTable(
+        name="custom", default=as_coefficient_array(spec), shapes={})
+  raise TypeError(
+      "coefficients must be a preset name, a path, a mapping, a sequence of "
+      f"triples or a CoefficientTable, got {type(spec).__name__}")
+
+
+def steps_schedule(coeffs: np.ndarray, ns_steps: int, where: str = "coefficients") -> np.ndarray:
+  """Expands ``(T, 3)`` coefficients to exactly ``ns_steps`` rows.
+
+  A single triple is used at every step; a per-iteration list shorter than
+  ``ns_steps`` repeats its last triple; a longer one is an error (truncating a
+  schedule fitted for T steps would drop its converging tail).
+  """
+  coeffs = as_coefficient_array(coeffs, where)
+  if coeffs.shape[0] > ns_steps:
+    raise ValueError(
+        f"{where} has {coeffs.shape[0]} per-iteration triples but ns_steps="
+        f"{ns_steps}; set ns_steps >= {coeffs.shape[0]}")
+  pad = np.repeat(coeffs[-1:], ns_steps - coeffs.shape[0], axis=0)
+  return np.concatenate([coeffs, pad], axis=0)
+
+
+def composed_polynomial(coeffs: np.ndarray, x: np.ndarray, ns_steps: int) -> np.ndarray:
+  """Applies ``g_T o ... o g_1`` to scalars ``x`` (the singular-value map).
+
+  With ``g_t(s) = a_t s + b_t s^3 + c_t s^5``, the Newton-Schulz iteration maps
+  each normalised singular value ``s`` of the input to ``g_T(...g_1(s))``
+  (paper Eq. 3); the ideal is 1 for every ``s > 0``.
+  """
+  y = np.asarray(x, dtype=np.float64)
+  for a, b, c in steps_schedule(coeffs, ns_steps):
+    y2 = y * y
+    y = y * (a + y2 * (b + c * y2))
+  return y
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+  """Range of the composed polynomial on the unit interval."""
+
+  max_value: float
+  argmax: float
+  min_value: float  # over [min_input, 1]
+  min_input: float
+
+
+def polynomial_envelope(
+    coeffs: np.ndarray, ns_steps: int, num_points: int = 200_001, min_input: float = 0.01,
+) -> Envelope:
+  """Max of ``|g^(T)|`` over [0, 1] and its min over ``[min_input, 1]``.
+
+  A normalised singular value lies in [0, 1] (Frobenius and Schatten-4
+  normalisation both guarantee it), so this bounds what T steps can do to any
+  input spectrum, not only the one the coefficients were fitted on.
+  """
+  x = np.linspace(0.0, 1.0, num_points)
+  y = np.abs(composed_polynomial(coeffs, x, ns_steps))
+  i = int(np.argmax(y))
+  lo = x >= min_input
+  return Envelope(float(y[i]), float(x[i]), float(y[lo].min()), min_input)
+
+
+def unsafe_entries(
+    table: CoefficientTable, ns_steps: int, max_gain: float = DEFAULT_MAX_GAIN,
+) -> dict[str, Envelope]:
+  """Entries of ``table`` whose composed polynomial exceeds ``max_gain`` on [0, 1]."""
+  out = {}
+  for key, coeffs in table.entries().items():
+    if coeffs.shape[0] > ns_steps:
+      continue
+    env = polynomial_envelope(coeffs, ns_steps)
+    if not math.isfinite(env.max_value) or env.max_value > max_gain:
+      out[key] = env
+  return out
+
+
+def warn_if_unsafe(table: CoefficientTable, ns_steps: int, max_gain: float = DEFAULT_MAX_GAIN) -> None:
+  """Warns once per overshooting entry of ``table``; see `unsafe_entries`."""
+  for key, env in unsafe_entries(table, ns_steps, max_gain).items():
+    warnings.warn(
+        f"root_optax: coefficients {table.name!r}[{key}] amplify a normalised "
+        f"singular value of {env.argmax:.4f} to {env.max_value:.3f} after "
+        f"{ns_steps} Newton-Schulz steps (bound {max_gain}); updates along such "
+        "directions will be too large. Use coefficients='paper' or 'ada', or "
+        "a calibrated table.", UserWarning, stacklevel=3)

@@ -1,0 +1,127 @@
+"""Views of parameters as batches of matrices, via dimension numbers.
+
+Orthogonalisation and quantile thresholding act on matrices. A 2-D leaf is one
+matrix ``(fan_in, fan_out)``; a higher-rank leaf (a scanned stack of layers, a
+convolution kernel) is viewed as a batch of matrices through
+`optax.contrib.MuonDimensionNumbers`, exactly as optax's Muon does: the
+reduction axes are flattened into rows, the output axes into columns, and all
+other axes are batch axes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Optional, Union
+
+import jax
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+DimensionNumbers = MuonDimensionNumbers
+MATRIX = MuonDimensionNumbers(reduction_axis=0, output_axis=1)
+WeightDimNumOrFn = Union[MuonDimensionNumbers, Any, Callable[[Any], Any], None]
+
+
+def is_dimension_numbers(x: Any) -> bool:
+  return isinstance(x, MuonDimensionNumbers)
+
+
+def _is_dims_leaf(x: Any) -> bool:
+  return x is None or is_dimension_numbers(x) or isinstance(x, optax.MaskedNode)
+
+
+def _axes(spec, ndim: int) -> tuple[int, ...]:
+  spec = (spec,) if isinstance(spec, int) else tuple(spec)
+  return tuple(ax % ndim for ax in spec)
+
+
+def normalized_axes(shape: tuple[int, ...], dims: MuonDimensionNumbers) -> tuple[
+    tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+  """Returns (batch_axes, reduction_axes, output_axes) as non-negative ints."""
+  ndim = len(shape)
+  if ndim < 2:
+    raise ValueError(f"a matrix view needs rank >= 2, got shape {shape}")
+  reduction = _axes(dims.reduction_axis, ndim)
+  output = _axes(dims.output_axis, ndim)
+  if not reduction or not output or set(reduction) & set(output):
+    raise ValueError(
+        f"dimension numbers need disjoint, non-empty reduction and output axes, "
+        f"got {dims} for shape {shape}")
+  batch = tuple(ax for ax in range(ndim) if ax not in reduction + output)
+  return batch, reduction, output
+
+
+def matrix_shape(shape: tuple[int, ...], dims: MuonDimensionNumbers) -> tuple[int, int, int]:
+  """Returns ``(batch, fan_in, fan_out)`` of the matrix view of ``shape``."""
+  batch, reduction, output = normalized_axes(shape, dims)
+  size = lambda axes: math.prod(shape[ax] for ax in axes)
+  return size(batch), size(reduction), size(output)
+
+
+def to_matrices(x: jax.Array, dims: MuonDimensionNumbers) -> jax.Array:
+  """Reshapes ``x`` to ``(batch, fan_in, fan_out)``."""
+  batch, reduction, output = normalized_axes(x.shape, dims)
+  return x.transpose(batch + reduction + output).reshape(matrix_shape(x.shape, dims))
+
+
+def from_matrices(y: jax.Array, shape: tuple[int, ...], dims: MuonDimensionNumbers) -> jax.Array:
+  """Inverse of `to_matrices` for a leaf of the given original ``shape``."""
+  batch, reduction, output = normalized_axes(shape, dims)
+  perm = batch + reduction + output
+  y = y.reshape(tuple(shape[ax] for ax in perm))
+  inverse = tuple(sorted(range(len(shape)), key=lambda i: perm[i]))
+  return y.transpose(inverse)
+
+
+def resolve(weight_dimension_numbers: WeightDimNumOrFn, updates: Any) -> Any:
+  """Returns, per leaf of ``updates``, its `MuonDimensionNumbers` or None.
+
+  Args:
+    weight_dimension_numbers: None (every 2-D leaf is a ``(fan_in, fan_out)``
+      matrix, other leaves are left alone), one `MuonDimensionNumbers` for every
+      leaf of rank >= 2, a tree of them (None marks leaves to leave alone), or
+      a callable returning such a tree from the updates.
+    updates: The tree the transform is applied to.
+
+  Returns:
+    A list, one entry per leaf of ``updates``: its dimension numbers or None.
+  """
+  spec = weight_dimension_numbers
+  if callable(spec) and not is_dimension_numbers(spec):
+    spec = spec(updates)
+  leaves, treedef = jax.tree.flatten(updates)
+  if spec is None:
+    return [MATRIX if leaf.ndim == 2 else None for leaf in leaves]
+  if is_dimension_numbers(spec):
+    return [spec if leaf.ndim >= 2 else None for leaf in leaves]
+  per_leaf = treedef.flatten_up_to(spec)
+  for dims, leaf in zip(per_leaf, leaves):
+    if not (dims is None or is_dimension_numbers(dims)):
+      raise TypeError(
+          "weight_dimension_numbers leaves must be MuonDimensionNumbers or None, "
+          f"got {type(dims).__name__}")
+    if dims is not None and leaf.ndim < 2:
+      raise ValueError(
+          f"dimension numbers {dims} given for a leaf of rank {leaf.ndim}; "
+          "only leaves of rank >= 2 can be viewed as matrices")
+  return per_leaf
+
+
+def validate_spec(weight_dimension_numbers: WeightDimNumOrFn) -> None:
+  """Build-time type check of a ``weight_dimension_numbers`` argument."""
+  spec = weight_dimension_numbers
+  if spec is None or callable(spec) or is_dimension_numbers(spec):
+    return
+  for leaf in jax.tree.leaves(spec, is_leaf=_is_dims_leaf):
+    if not _is_dims_leaf(leaf):
+      raise TypeError(
+          "weight_dimension_numbers must be None, a MuonDimensionNumbers, a "
+          "tree of them (None for non-matrix leaves) or a callable; found a "
+          f"leaf of type {type(leaf).__name__}")
+
+
+def fan_in_out(shape: tuple[int, ...], dims: Optional[MuonDimensionNumbers]) -> tuple[int, int]:
+  """``(fan_in, fan_out)`` of a leaf's matrix view."""
+  _, fan_in, fan_out = matrix_shape(shape, dims or MATRIX)
+  return fan_in, fan_out

@@ -1,0 +1,206 @@
+"""Outlier suppression by soft-thresholding (ROOT's optimisation robustness).
+
+ROOT splits the momentum ``M`` into outliers ``O = T_eps[M]`` (the soft
+threshold, paper Eq. 8-9) and a base ``B = M - O``, and orthogonalises only
+``B``. Elementwise ``M - T_eps[M] == clip(M, -eps, eps)``, so the base is a clip
+at ``eps``, and the outlier part is discarded. ``eps`` is the ``p``-quantile of
+``|M|`` over each whole matrix (reference script: ``p = 0.90``, plus 1e-9).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from root_optax import _validation
+from root_optax import dimensions
+
+EXACT = "exact"
+FAST = "fast"
+METHODS = (EXACT, FAST)
+REFERENCE_OFFSET = 1e-9  # the reference script adds this to the quantile
+_MATRIX_AXES = (-2, -1)
+# |x| as float32 bits: non-negative floats order like their int32 patterns.
+_BISECTION_STEPS = 31
+_INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def soft_threshold(m: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
+  """The outlier part ``T_eps[m] = sign(m) * max(|m| - eps, 0)`` (paper Eq. 9)."""
+  eps = jnp.asarray(eps, m.dtype)
+  return jnp.sign(m) * jnp.maximum(jnp.abs(m) - eps, 0)
+
+
+def split_outliers(m: jax.Array, eps: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
+  """Returns ``(base, outliers)`` with ``base + outliers == m`` and ``|base| <= eps``."""
+  eps = jnp.asarray(eps, m.dtype)
+  base = jnp.clip(m, -eps, eps)
+  return base, m - base
+
+
+def _abs_float32(m: jax.Array) -> jax.Array:
+  dtype = jnp.promote_types(m.dtype, jnp.float32)
+  return jnp.abs(m.astype(dtype))
+
+
+def exact_abs_quantile(m: jax.Array, quantile: jax.typing.ArrayLike) -> jax.Array:
+  """``quantile(|m|, p)`` over the last two axes by a full sort.
+
+  Linear interpolation between order statistics, as ``torch.quantile`` and
+  ``numpy.quantile`` default to.
+
+  Returns:
+    An array of shape ``m.shape[:-2]``, in at least float32.
+  """
+  a = _abs_float32(m)
+  flat = a.reshape(a.shape[:-2] + (-1,))
+  return jnp.quantile(flat, quantile, axis=-1, method="linear")
+
+
+def _order_statistics(bits: list[jax.Array], ranks: list[jax.Array]) -> list[jax.Array]:
+  """The ``rank``-th smallest value (0-based) of each array, by bisection.
+
+  All arrays share one loop of 31 passes; each pass is one comparison and one
+  count per matrix, so no sort is needed and a sharded matrix only reduces
+  scalars across devices. Invariant: ``count(x <= lo) <= rank < count(x <= hi)``.
+  """
+  def count_le(b, v):
+    return jnp.sum(b <= v[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
+
+  def body(_, bounds):
+    new = []
+    for b, r, (lo, hi) in zip(bits, ranks, bounds):
+      mid = lo + (hi - lo) // 2
+      enough = count_le(b, mid) > r
+      new.append((jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)))
+    return new
+
+  init = [(jnp.full(b.shape[:-2], -1, jnp.int32), jnp.max(b, axis=_MATRIX_AXES)) for b in bits]
+  bounds = jax.lax.fori_loop(0, _BISECTION_STEPS, body, init)
+  return [hi for _, hi in bounds]
+
+
+def _interpolated(bits, rank, frac, low):
+  """Linear interpolation between order statistics ``rank`` and ``rank + 1``."""
+  n = bits.shape[-2] * bits.shape[-1]
+  count_low = jnp.sum(bits <= low[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
+  above = jnp.min(jnp.where(bits > low[..., None, None], bits, _INT32_MAX), axis=_MATRIX_AXES)
+  high = jnp.where((count_low > rank + 1) | (rank + 1 >= n), low, above)
+  as_float = lambda v: jax.lax.bitcast_convert_type(v, jnp.float32)
+  return as_float(low) * (1 - frac) + as_float(high) * frac
+
+
+def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
+  """``quantile(|m|, p)`` over the last two axes of each ``m``, without a sort.
+
+  Finds the two order statistics around ``p (n - 1)`` exactly by bisection on
+  the float32 bit patterns of ``|m|`` (31 counting passes shared by all
+  matrices), then interpolates linearly: the same value as `exact_abs_quantile`
+  up to float rounding (rank error 0).
+
+  Returns:
+    One float32 array of shape ``m.shape[:-2]`` per input.
+  """
+  bits, ranks, fracs = [], [], []
+  for m in ms:
+    a = _abs_float32(m).astype(jnp.float32)
+    bits.append(jax.lax.bitcast_convert_type(a, jnp.int32))
+    pos = jnp.asarray(quantile, jnp.float32) * (a.shape[-2] * a.shape[-1] - 1)
+    rank = jnp.floor(pos)
+    ranks.append(rank.astype(jnp.int32))
+    fracs.append(pos - rank)
+  lows = _order_statistics(bits, ranks)
+  return [_interpolated(b, r, f, lo) for b, r, f, lo in zip(bits, ranks, fracs, lows)]
+
+
+def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax.Array]:
+  """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches."""
+  if method == EXACT:
+    return [exact_abs_quantile(m, quantile) for m in ms]
+  return fast_abs_quantiles(ms, quantile)
+
+
+class SoftThresholdState(NamedTuple):
+  """State of `soft_threshold_outliers`.
+
+  Attributes:
+    outlier_fraction: With ``track_outliers=True``, a tree like the params with
+      the fraction of entries clipped at the last step (0 for non-matrix
+      leaves); otherwise None.
+  """
+
+  outlier_fraction: Optional[Any]
+
+
+def soft_threshold_outliers(
+    quantile: float = 0.90,
+    threshold: Optional[float] = None,
+    method: str = FAST,
+    *,
+    offset: float = REFERENCE_OFFSET,
+    weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
+    track_outliers: bool = False,
+) -> optax.GradientTransformation:
+  r"""Replaces each matrix ``M`` by its base ``B = M - T_eps[M] = clip(M, -eps, eps)``.
+
+  ``eps = quantile(|M|, p) + offset`` over each whole matrix (or the fixed
+  ``threshold``). Entries beyond ``eps`` are the outliers ``T_eps[M]``; they
+  are discarded so that heavy-tailed momentum entries cannot dominate the
+  orthogonalised update (paper Sec. 4.3, Eq. 8-10). Leaves that are not
+  matrices (see ``weight_dimension_numbers``) pass through unchanged.
+
+  Args:
+    quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
+    threshold: A fixed ``eps >= 0`` instead of the quantile.
+    method: ``'exact'`` (a sort, as the reference) or ``'fast'`` (bisection on
+      counts, no sort; the same order statistics, rank error 0).
+    offset: Added to the quantile (the reference adds 1e-9), >= 0.
+    weight_dimension_numbers: Which leaves are matrices and how to view
+      higher-rank leaves; see `root_optax.dimensions.resolve`.
+    track_outliers: Keep the fraction of clipped entries per leaf in the state.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  References:
+    He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
+    Training <https://arxiv.org/abs/2511.20626>`_, 2025, Sec. 4.3.
+  """
+  _validation.in_range("quantile", quantile, 0.0, 1.0, low_open=True)
+  if threshold is not None:
+    _validation.at_least("threshold", threshold, 0.0)
+  _validation.one_of("method", method, METHODS)
+  _validation.at_least("offset", offset, 0.0)
+  dimensions.validate_spec(weight_dimension_numbers)
+
+  def init_fn(params):
+    if not track_outliers:
+      return SoftThresholdState(outlier_fraction=None)
+    return SoftThresholdState(jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
+
+  def thresholds(mats):
+    if threshold is not None:
+      return [jnp.full(m.shape[:-2], threshold, jnp.float32) for m in mats]
+    return [q + offset for q in abs_quantiles(mats, quantile, method)]
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    dims = dimensions.resolve(weight_dimension_numbers, updates)
+    picked = [i for i, d in enumerate(dims) if d is not None]
+    mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
+    new_leaves = list(leaves)
+    fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
+    for i, m, eps in zip(picked, mats, thresholds(mats)):
+      base, outliers = split_outliers(m, eps[..., None, None])
+      new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
+      if track_outliers:
+        fractions[i] = jnp.mean((outliers != 0).astype(jnp.float32))
+    if track_outliers:
+      state = SoftThresholdState(jax.tree.unflatten(treedef, fractions))
+    return jax.tree.unflatten(treedef, new_leaves), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
