@@ -159,8 +159,8 @@ def root(
   mask = _branch_mask(weight_decay_mask)
   root_chain = optax.chain(
       momentum_lib.trace(momentum, nesterov, mu_dtype),
-      outliers.soft_threshold_outliers(
-          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn),
+      sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
+          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn)),
       orthogonalize.ada_newton_orthogonalize(
           coefficients, ns_steps, normalization, eps, compute_dtype,
           weight_dimension_numbers=dims_fn, sharding=sharding),

@@ -8,8 +8,8 @@ the sharded path distributes that batch along its stack axis over every
 device of the mesh (padding it with zero matrices to a multiple of the device
 count), runs Newton-Schulz on whole matrices locally inside `jax.shard_map`,
 and hands each result back to its parameter's sharding. The communication is
-two all-to-all style redistributions per shape group and step, independent of
-the number of Newton-Schulz iterations (see ``docs/sharding.md``).
+at most two all-to-alls each way per shape group and step, independent of the
+number of Newton-Schulz iterations (see ``docs/sharding.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import AbstractMesh
 from jax.sharding import AxisType
 from jax.sharding import Mesh
@@ -43,7 +44,7 @@ def validate_sharding(sharding: ShardingSpec) -> None:
 
 
 def _named_sharding(x: jax.Array) -> Optional[NamedSharding]:
-  """The sharding carried by ``x``'s type (Explicit mesh axes), else None."""
+  """The `NamedSharding` in ``x``'s type (its spec is only meaningful on Explicit axes)."""
   sharding = getattr(jax.typeof(x), "sharding", None)
   if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
     return None
@@ -59,8 +60,8 @@ def find_mesh(sharding: ShardingSpec, arrays: Sequence[jax.Array]) -> Optional[A
 
   Args:
     sharding: None (plain path), a mesh (used as given) or ``'auto'``: the
-      mesh of the first array whose type carries a `NamedSharding` (Explicit
-      mesh axes), else the context mesh of `jax.set_mesh`, else None.
+      mesh in the type of the first array that has one (inputs of `jax.jit`
+      sharded over a mesh), else the context mesh of `jax.set_mesh`, else None.
     arrays: The matrices about to be orthogonalised.
 
   Returns:
@@ -254,6 +255,34 @@ def keep_shardings(fn: Callable[[list], list], mats: list[jax.Array]) -> list[ja
   if not any(_is_explicit(s) for s in shardings):
     return fn(mats)
   return jax.sharding.auto_axes(fn, out_sharding=shardings)(mats)
+
+
+def with_auto_axes(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs ``tx.update`` with Auto mesh axes; outputs keep their input shardings.
+
+  Under Explicit mesh axes (`jax.make_mesh`'s default) some operations reject
+  sharded operands, e.g. the sort of the exact quantile over a matrix sharded
+  along the sorted axis. Wrapped, ``tx`` is traced with Auto axes, XLA
+  partitions it, and each output (updates and state) is resharded to the
+  sharding its input has. Without Explicit axes this is ``tx`` itself.
+
+  Args:
+    tx: A transform whose state has the structure and shardings of its input
+      state after each update.
+
+  Returns:
+    An `optax.GradientTransformation`.
+  """
+  def update_fn(updates, state, params=None):
+    shardings = [_named_sharding(x) for x in jax.tree.leaves((updates, state))]
+    if not any(_is_explicit(s) for s in shardings) or None in shardings:
+      return tx.update(updates, state, params)
+    treedef = jax.tree.structure((updates, state))
+    out_sharding = jax.tree.unflatten(treedef, shardings)
+    return jax.sharding.auto_axes(
+        lambda u, s, p: tx.update(u, s, p), out_sharding=out_sharding)(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)
 
 
 _COLLECTIVES = ("all-gather", "all-to-all", "all-reduce", "collective-permute", "reduce-scatter")

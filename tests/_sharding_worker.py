@@ -266,6 +266,27 @@ def case_padding_and_zeros():
   return finite and diff <= ATOL and same_shardings(sharded, got), f"max |diff| {diff:.1e}"
 
 
+def case_exact_threshold():
+  """threshold_method='exact' (a sort) works under Explicit axes on both paths."""
+  mesh = make_mesh((2, 4))
+  tree = {"w": jax.random.normal(jax.random.key(1), (D, 4 * D)),
+          "s": jax.random.normal(jax.random.key(2), (LAYERS, D, D))}
+  specs = {"w": P("data", "model"), "s": P(None, ("data", "model"), None)}
+  dims = {"w": MATRIX, "s": STACKED}
+  sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+  make = lambda sharding: root_optax.root(
+      1.0, threshold_method="exact", weight_dimension_numbers=dims, sharding=sharding)
+  one_step = lambda tx: jax.jit(lambda g: tx.update(g, tx.init(g), g)[0])
+  want = one_step(make(None))(tree)
+  diffs = {}
+  for sharding in (None, "auto"):
+    got = one_step(make(sharding))(sharded)
+    if not same_shardings(sharded, got):
+      return False, f"sharding={sharding}: {sharding_mismatches(sharded, got)}"
+    diffs[sharding] = max_diff(got, want)
+  return max(diffs.values()) <= ATOL, f"max |diff| {diffs}"
+
+
 def case_example():
   """examples/train_pjit.py --quick runs on the 8-device mesh and lowers the loss."""
   path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_pjit.py"
@@ -308,6 +329,7 @@ def main():
   record("fast-quantile-collectives", case_fast_quantile_collectives)
   record("redistribution-bytes", case_redistribution_bytes, sharded, default)
   record("padding-and-zeros", case_padding_and_zeros)
+  record("exact-threshold-explicit", case_exact_threshold)
   record("example-train-pjit-quick", case_example)
   json.dump(results, sys.stdout)
 

@@ -40,6 +40,7 @@ MULTI_DEVICE_CASES = (
     "fast-quantile-collectives",
     "redistribution-bytes",
     "padding-and-zeros",
+    "exact-threshold-explicit",
     "example-train-pjit-quick",
 )
 
