@@ -9,6 +9,7 @@ at ``eps``, and the outlier part is discarded. ``eps`` is the ``p``-quantile of
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -93,6 +94,17 @@ def _interpolated(bits, rank, frac, low):
   return as_float(low) * (1 - frac) + as_float(high) * frac
 
 
+def _rank_and_fraction(quantile, n: int):
+  """``floor(p (n - 1))`` and its fractional part; in float64 when ``p`` is static."""
+  if isinstance(quantile, (int, float)):
+    pos = float(quantile) * (n - 1)
+    rank = math.floor(pos)
+    return jnp.int32(rank), jnp.float32(pos - rank)
+  pos = jnp.asarray(quantile, jnp.float32) * (n - 1)
+  rank = jnp.floor(pos)
+  return rank.astype(jnp.int32), pos - rank
+
+
 def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
   """``quantile(|m|, p)`` over the last two axes of each ``m``, without a sort.
 
@@ -108,10 +120,9 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
   for m in ms:
     a = _abs_float32(m).astype(jnp.float32)
     bits.append(jax.lax.bitcast_convert_type(a, jnp.int32))
-    pos = jnp.asarray(quantile, jnp.float32) * (a.shape[-2] * a.shape[-1] - 1)
-    rank = jnp.floor(pos)
-    ranks.append(rank.astype(jnp.int32))
-    fracs.append(pos - rank)
+    rank, frac = _rank_and_fraction(quantile, a.shape[-2] * a.shape[-1])
+    ranks.append(rank)
+    fracs.append(frac)
   lows = _order_statistics(bits, ranks)
   return [_interpolated(b, r, f, lo) for b, r, f, lo in zip(bits, ranks, fracs, lows)]
 
