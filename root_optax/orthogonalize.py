@@ -102,6 +102,8 @@ def ada_newton_orthogonalize(
   normalization = coefficients_lib.validate_normalization(normalization or table.normalization)
   _validation.at_least("eps", eps, 0.0)
   _validation.at_least("max_gain", max_gain, 1.0)
+  _validation.float_dtype("compute_dtype", compute_dtype)
+  _validation.matmul_precision("precision", precision)
   dimensions.validate_spec(weight_dimension_numbers)
   for key, value in table.entries().items():
     coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
