@@ -106,7 +106,7 @@ def matmul_precision(name: str, value: Any) -> None:
   try:
     jax.eval_shape(lambda a: jnp.matmul(a, a, precision=value), x)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"{name} is not a valid matmul precision: {e}") from e
+    raise ValueError(f"{name} must be a precision jnp.matmul accepts, got {value!r}: {e}") from e
 
 
 def bool_tree(name: str, value: Any) -> None:
