@@ -123,23 +123,23 @@ def test_inject_hyperparams_schedule_and_manual_change_between_steps():
   injected = optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(
       learning_rate=schedule, coefficients=MUON, threshold_method="exact")
   plain = _root(schedule)  # root() takes the schedule directly: same steps expected
-  update = jax.jit(injected.update)
+  update, plain_update = jax.jit(injected.update), jax.jit(plain.update)
   state, plain_state = injected.init(params), plain.init(params)
   for t in range(2):
     grads = _tree(20 + t)
     out, state = update(grads, state, params)
-    expected, plain_state = jax.jit(plain.update)(grads, plain_state, params)
+    expected, plain_state = plain_update(grads, plain_state, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), out, expected)
     assert float(state.hyperparams["learning_rate"]) == pytest.approx(float(schedule(t)))
   # Scheduled hyper-parameters are recomputed each step; set a constant one by
   # hand instead: momentum 0 makes the ROOT step depend on this gradient only.
   constant = optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(
       learning_rate=LR, momentum=0.95, weight_decay=0.0, coefficients=MUON, threshold_method="exact")
-  state = constant.init(params)
-  _, state = jax.jit(constant.update)(_tree(30), state, params)
+  update = jax.jit(constant.update)
+  _, state = update(_tree(30), constant.init(params), params)
   state.hyperparams["momentum"] = jnp.asarray(0.0)
   grads = _tree(31)
-  out, _ = jax.jit(constant.update)(grads, state, params)
+  out, _ = update(grads, state, params)
   buf = np.zeros((4, 6))
   want, _ = _reference.root_matrix_step(np.zeros((4, 6)), np.asarray(grads["w"], np.float64), buf, LR,
                                         [MUON] * 5, mu=0.0, wd=0.0)
@@ -153,7 +153,7 @@ def test_inject_hyperparams_without_static_ns_steps_says_how_to_fix_it():
 
 # -- MultiSteps, chain, partition, masks, apply_if_finite ------------------- #
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("dtype", ["bfloat16"])  # float32 runs in every other test here
 def test_multisteps_accumulates_then_steps_on_the_mean(dtype):
   params = _tree(7, dtype=dtype)
   grads = [_tree(40 + t, dtype=dtype) for t in range(3)]
@@ -182,9 +182,10 @@ def test_chain_with_clip_by_global_norm_matches_reference():
   np_params = {k: np.asarray(v, np.float64) for k, v in params.items()}
   buf = {k: np.zeros(v.shape) for k, v in params.items()}
   adam = (np.zeros(6), np.zeros(6))
+  update = jax.jit(tx.update)
   for t, scale in enumerate([10.0, 0.1], start=1):  # clipped, then not
     grads = _tree(50 + t, scale)
-    updates, state = jax.jit(tx.update)(grads, state, params)
+    updates, state = update(grads, state, params)
     g = {k: np.asarray(v, np.float64) for k, v in grads.items()}
     norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
     g = {k: x * min(1.0, 1.0 / norm) for k, x in g.items()}
