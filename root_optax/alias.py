@@ -154,6 +154,12 @@ def root(
     An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
     AdamW.
 
+  Raises:
+    ValueError, TypeError: When built, for an argument outside its allowed
+      range or of the wrong type; the message names the argument, the value
+      and what is allowed. At ``init``, TypeError for a complex leaf labelled
+      ``'root'`` (label it ``'adam'``: AdamW handles complex parameters).
+
   References:
     He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
     Training <https://arxiv.org/abs/2511.20626>`_, 2025.

@@ -182,7 +182,9 @@ def soft_threshold_outliers(
   ``threshold``). Entries beyond ``eps`` are the outliers ``T_eps[M]``; they
   are discarded so that heavy-tailed momentum entries cannot dominate the
   orthogonalised update (paper Sec. 4.3, Eq. 8-10). Leaves that are not
-  matrices (see ``weight_dimension_numbers``) pass through unchanged.
+  matrices (see ``weight_dimension_numbers``) pass through unchanged. An
+  infinite entry becomes NaN (the reference's ``m - T_eps[m] = inf - inf``),
+  so a non-finite momentum is never hidden by the clip.
 
   Args:
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
