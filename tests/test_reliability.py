@@ -375,6 +375,16 @@ def test_defaults_do_not_use_the_flagged_triple_and_build_silently():
     root_optax.ada_newton_orthogonalize()
 
 
+@pytest.mark.parametrize("spec, warns", [(MUON, False), ("muon", False), ({"4x4": MUON}, True)])
+def test_only_shape_keyed_tables_warn_about_unknown_shapes(spec, warns):
+  tree = {"w": jax.ShapeDtypeStruct((6, 10), jnp.float32)}
+  tx = root_optax.ada_newton_orthogonalize(spec)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax.eval_shape(tx.update, tree, tx.init(tree))  # traces, compiles nothing
+  assert any("coefficients for shape 6x10" in str(w.message) for w in caught) == warns
+
+
 # --------------------------------------------------------------------------- #
 # 4. Determinism: same seed, same parameters, with a fresh trace and compile. #
 # --------------------------------------------------------------------------- #
