@@ -370,10 +370,17 @@ def evaluate(config: Config, mesh: jax.sharding.Mesh) -> dict:
   step, state, _ = restored
   state = _as_state(state)
   held_out = 10**9  # stream positions far past anything trained on
-  batch = load_rows(config, range(held_out, held_out + 4 * config.global_batch))
-  logits = jax.jit(task.model.apply)(state.params, batch["x"])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+  rows = load_rows(config, range(held_out, held_out + 4 * config.global_batch))
+  replicated = NamedSharding(mesh, P())  # every process passes the same rows
+  batch = {k: jax.make_array_from_process_local_data(replicated, v) for k, v in rows.items()}
+
+  @jax.jit
+  def scores(params, batch):
+    logits = task.model.apply(params, batch["x"])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    return loss, jnp.mean(jnp.argmax(logits, -1) == batch["y"])
+
+  loss, accuracy = scores(state.params, batch)
   return {"step": step, "eval_loss": float(loss), "eval_accuracy": float(accuracy),
           "num_processes": jax.process_count(), "mesh": dict(mesh.shape), "state": state}
 

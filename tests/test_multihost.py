@@ -10,11 +10,14 @@ compiles it. The runs:
   C  like A, but worker 1 SIGKILLs itself right after starting the step-8 save.
   D  the same command as C again: resumes from step 4.
   E  1 process, 8 devices, mesh 2x4: restores A's checkpoint to evaluate it.
+  F  2 workers started without the launcher; worker 1 dies after step 2 and
+     worker 0 must abort by itself at the heartbeat timeout.
 """
 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +35,8 @@ STEPS, EVERY, KILL_AFTER = 8, 4, 8
 # work across them too (see docs/multihost.md): the most cross-host traffic.
 TRAIN = ["--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--log-every", "4",
          "--mesh", "4,2"]
-PHASE_TIMEOUT_S = 100
+PHASE_TIMEOUT_S = 150  # per phase; generous because CI cores may be shared
+HEARTBEAT_S = 5
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
@@ -43,6 +47,12 @@ def _gloo_available() -> bool:
 
 needs_gloo = pytest.mark.skipif(
     not _gloo_available(), reason="this jaxlib has no gloo CPU collectives")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def _env(tmp: Path, devices: int) -> dict:
@@ -67,14 +77,18 @@ def _start(tmp: Path, name: str, args: list[str], devices: int = 1) -> dict:
 def _finish(jobs: list[dict], timeout: float) -> None:
   """Waits for ``jobs`` together; kills the whole process group of any that overruns."""
   deadline = time.monotonic() + timeout
+  pending = list(jobs)
+  while pending:
+    for job in [j for j in pending if j["proc"].poll() is not None]:
+      job["rc"], job["end"] = job["proc"].returncode, time.time()
+      pending.remove(job)
+    if pending and time.monotonic() > deadline:
+      for job in pending:
+        os.killpg(job["proc"].pid, signal.SIGKILL)
+        job["rc"], job["end"], job["timed_out"] = job["proc"].wait(), time.time(), True
+      pending = []
+    time.sleep(0.05)
   for job in jobs:
-    try:
-      job["rc"] = job["proc"].wait(max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      os.killpg(job["proc"].pid, signal.SIGKILL)
-      job["rc"] = job["proc"].wait()
-      job["timed_out"] = True
-    job["end"] = time.time()
     job["log"].close()
     job["output"] = Path(job["log"].name).read_text()
 
@@ -83,6 +97,19 @@ def _ok(job: dict) -> dict:
   assert not job.get("timed_out"), f"run {job['name']} timed out:\n{job['output'][-3000:]}"
   assert job["rc"] == 0, f"run {job['name']} failed ({job['rc']}):\n{job['output'][-3000:]}"
   return job
+
+
+@needs_gloo
+def test_without_launcher_survivors_abort_at_the_heartbeat_timeout(runs):
+  survivor, dead = runs["F0"], runs["F1"]
+  assert dead["rc"] == -signal.SIGKILL, dead["output"][-3000:]
+  killed_at = float(re.search(r"kills itself after step 2 at t=([\d.]+)", dead["output"])[1])
+  assert not survivor.get("timed_out") and survivor["rc"] != 0, survivor["output"][-3000:]
+  # Either the collective it waits in fails (gloo sees the connection reset) or,
+  # if it is not waiting on the dead peer there, the coordinator's heartbeat check.
+  assert re.search(r"stopped sending heartbeats|Gloo .* failed", survivor["output"]), \
+      survivor["output"][-3000:]
+  assert survivor["end"] - killed_at < HEARTBEAT_S + 10
 
 
 def _example_module():
@@ -119,8 +146,12 @@ def runs(tmp_path_factory):
   _finish([c, e], PHASE_TIMEOUT_S)
   c["listing"] = sorted(os.listdir(tmp / "c")) if (tmp / "c").is_dir() else []
   d = _start(tmp, "D", c_args)
-  _finish([d], PHASE_TIMEOUT_S)
-  return {"tmp": tmp, "A": a, "B": single, "C": c, "D": d, "E": e}
+  coordinator = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+                 "--heartbeat-timeout", str(HEARTBEAT_S), "--kill-process", "1",
+                 "--kill-after-step", "2", *TRAIN]
+  f = [_start(tmp, f"F{i}", [*coordinator, "--process-id", str(i)], devices=4) for i in (0, 1)]
+  _finish([d, *f], PHASE_TIMEOUT_S)
+  return {"tmp": tmp, "A": a, "B": single, "C": c, "D": d, "E": e, "F0": f[0], "F1": f[1]}
 
 
 def _load(path: Path) -> dict:
