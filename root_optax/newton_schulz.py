@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from root_optax import _validation
 from root_optax import coefficients as coefficients_lib
 
 _ACCUMULATION_DTYPE = jnp.float32
@@ -109,6 +110,8 @@ def newton_schulz(
   if x.ndim < 2:
     raise ValueError(f"newton_schulz needs a (..., m, n) array, got shape {x.shape}")
   coefficients_lib.validate_normalization(normalization)
+  _validation.at_least("eps", eps, 0.0)
+  _validation.float_dtype("compute_dtype", compute_dtype)
   rows = _coefficient_rows(coeffs)
   out_dtype = x.dtype
   transpose = x.shape[-2] > x.shape[-1]

@@ -9,6 +9,7 @@ at ``eps``, and the outlier part is discarded. ``eps`` is the ``p``-quantile of
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -30,12 +31,14 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 def soft_threshold(m: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
   """The outlier part ``T_eps[m] = sign(m) * max(|m| - eps, 0)`` (paper Eq. 9)."""
+  _validation.non_negative_values("eps", eps)
   eps = jnp.asarray(eps, m.dtype)
   return jnp.sign(m) * jnp.maximum(jnp.abs(m) - eps, 0)
 
 
 def split_outliers(m: jax.Array, eps: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
   """Returns ``(base, outliers)`` with ``base + outliers == m`` and ``|base| <= eps``."""
+  _validation.non_negative_values("eps", eps)
   eps = jnp.asarray(eps, m.dtype)
   base = jnp.clip(m, -eps, eps)
   return base, m - base
@@ -55,9 +58,17 @@ def exact_abs_quantile(m: jax.Array, quantile: jax.typing.ArrayLike) -> jax.Arra
   Returns:
     An array of shape ``m.shape[:-2]``, in at least float32.
   """
+  _check_quantile_args([m], quantile)
   a = _abs_float32(m)
   flat = a.reshape(a.shape[:-2] + (-1,))
   return jnp.quantile(flat, quantile, axis=-1, method="linear")
+
+
+def _check_quantile_args(ms, quantile) -> None:
+  _validation.in_range("quantile", quantile, 0.0, 1.0)
+  for m in ms:
+    if jnp.ndim(m) < 2:
+      raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
 
 
 def _order_statistics(bits: list[jax.Array], ranks: list[jax.Array]) -> list[jax.Array]:
@@ -93,6 +104,17 @@ def _interpolated(bits, rank, frac, low):
   return as_float(low) * (1 - frac) + as_float(high) * frac
 
 
+def _rank_and_fraction(quantile, n: int):
+  """``floor(p (n - 1))`` and its fractional part; in float64 when ``p`` is static."""
+  if isinstance(quantile, (int, float)):
+    pos = float(quantile) * (n - 1)
+    rank = math.floor(pos)
+    return jnp.int32(rank), jnp.float32(pos - rank)
+  pos = jnp.asarray(quantile, jnp.float32) * (n - 1)
+  rank = jnp.floor(pos)
+  return rank.astype(jnp.int32), pos - rank
+
+
 def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
   """``quantile(|m|, p)`` over the last two axes of each ``m``, without a sort.
 
@@ -104,14 +126,14 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
+  _check_quantile_args(ms, quantile)
   bits, ranks, fracs = [], [], []
   for m in ms:
     a = _abs_float32(m).astype(jnp.float32)
     bits.append(jax.lax.bitcast_convert_type(a, jnp.int32))
-    pos = jnp.asarray(quantile, jnp.float32) * (a.shape[-2] * a.shape[-1] - 1)
-    rank = jnp.floor(pos)
-    ranks.append(rank.astype(jnp.int32))
-    fracs.append(pos - rank)
+    rank, frac = _rank_and_fraction(quantile, a.shape[-2] * a.shape[-1])
+    ranks.append(rank)
+    fracs.append(frac)
   lows = _order_statistics(bits, ranks)
   return [_interpolated(b, r, f, lo) for b, r, f, lo in zip(bits, ranks, fracs, lows)]
 
@@ -121,6 +143,16 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax
   if method == EXACT:
     return [exact_abs_quantile(m, quantile) for m in ms]
   return fast_abs_quantiles(ms, quantile)
+
+
+def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
+  """NaN where ``m`` is +-inf, as the reference's ``m - T_eps[m] = inf - inf``.
+
+  A clip would turn an infinite momentum entry into ``eps`` and the step
+  would look healthy while the momentum buffer stays infinite forever; a NaN
+  makes the step visibly non-finite (and skippable by `optax.apply_if_finite`).
+  """
+  return jnp.where(jnp.isinf(m), jnp.asarray(jnp.nan, base.dtype), base)
 
 
 class SoftThresholdState(NamedTuple):
@@ -150,7 +182,9 @@ def soft_threshold_outliers(
   ``threshold``). Entries beyond ``eps`` are the outliers ``T_eps[M]``; they
   are discarded so that heavy-tailed momentum entries cannot dominate the
   orthogonalised update (paper Sec. 4.3, Eq. 8-10). Leaves that are not
-  matrices (see ``weight_dimension_numbers``) pass through unchanged.
+  matrices (see ``weight_dimension_numbers``) pass through unchanged. An
+  infinite entry becomes NaN (the reference's ``m - T_eps[m] = inf - inf``),
+  so a non-finite momentum is never hidden by the clip.
 
   Args:
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
@@ -174,6 +208,7 @@ def soft_threshold_outliers(
     _validation.at_least("threshold", threshold, 0.0)
   _validation.one_of("method", method, METHODS)
   _validation.at_least("offset", offset, 0.0)
+  _validation.boolean("track_outliers", track_outliers)
   dimensions.validate_spec(weight_dimension_numbers)
 
   def init_fn(params):
@@ -196,6 +231,7 @@ def soft_threshold_outliers(
     fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
     for i, m, eps in zip(picked, mats, thresholds(mats)):
       base, outliers = split_outliers(m, eps[..., None, None])
+      base = _propagate_infinities(m, base)
       new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
       if track_outliers:
         fractions[i] = jnp.mean((outliers != 0).astype(jnp.float32))

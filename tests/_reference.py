@@ -1,0 +1,49 @@
+"""Independent NumPy restatement of one ROOT step (from ../shared/REFERENCE.md).
+
+Float64, no JAX: the library is checked against this, not against itself.
+"""
+
+import numpy as np
+
+MUON = (3.4445, -4.7750, 2.0315)
+
+
+def momentum(buf, g, mu=0.95, nesterov=True):
+  buf = mu * buf + g
+  return buf, (g + mu * buf if nesterov else buf)
+
+
+def threshold(m, p=0.90):
+  return np.quantile(np.abs(m), p) + 1e-9
+
+
+def clip_outliers(m, eps):
+  outliers = np.sign(m) * np.maximum(np.abs(m) - eps, 0.0)
+  return m - outliers
+
+
+def newton_schulz(b, coeffs, eps=1e-7):
+  """``coeffs``: a list of (a, b, c), one per step."""
+  x = b.T if b.shape[0] > b.shape[1] else b
+  x = x / (np.linalg.norm(x) + eps)
+  for a, bb, c in coeffs:
+    gram = x @ x.T
+    x = a * x + (bb * gram + c * gram @ gram) @ x
+  return x.T if b.shape[0] > b.shape[1] else x
+
+
+def root_matrix_step(w, g, buf, lr, coeffs, mu=0.95, p=0.90, wd=0.1, nesterov=True):
+  """Returns (new_w, new_buf) for one matrix parameter."""
+  buf, m = momentum(buf, g, mu, nesterov)
+  u = newton_schulz(clip_outliers(m, threshold(m, p)), coeffs)
+  w = w * (1 - lr * wd)
+  return w - lr * 0.2 * np.sqrt(max(w.shape)) * u, buf
+
+
+def adamw_step(w, g, m, v, t, lr, b1=0.9, b2=0.95, eps=1e-8, wd=0.1):
+  """PyTorch AdamW; ``t`` is the 1-based step. Returns (w, m, v)."""
+  m = b1 * m + (1 - b1) * g
+  v = b2 * v + (1 - b2) * g * g
+  m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+  w = w * (1 - lr * wd)
+  return w - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

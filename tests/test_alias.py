@@ -1,0 +1,190 @@
+"""Tests for root_optax.root: the full step against a NumPy restatement."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import _reference
+import root_optax
+
+TABLE = {"6x10": (3.0, -3.2, 1.2), "4x4": (3.4916, -4.8224, 2.1095)}
+SHAPES = {"w_wide": (6, 10), "w_tall": (10, 6), "w_sq": (4, 4), "bias": (10,), "scale": (4,)}
+
+
+def _params(seed):
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def _coeffs_for(shape):
+  key = f"{min(shape)}x{max(shape)}"
+  return [TABLE[key]] * 5
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_root_matches_numpy_reference_over_steps(maybe_jit, nesterov):
+  lr, wd, steps = 0.02, 0.1, 4
+  params = _params(0)
+  tx = root_optax.root(lr, coefficients=TABLE, nesterov=nesterov, threshold_method="exact")
+  state = tx.init(jax.tree.map(jnp.asarray, params))
+  update = maybe_jit(tx.update)
+  jparams = jax.tree.map(jnp.asarray, params)
+  ref = {k: v.astype(np.float64) for k, v in params.items()}
+  bufs = {k: np.zeros(s) for k, s in SHAPES.items()}
+  adam = {k: (np.zeros(s), np.zeros(s)) for k, s in SHAPES.items()}
+  for t in range(1, steps + 1):
+    grads = {k: v * 1.0 for k, v in _params(100 + t).items()}
+    updates, state = update(jax.tree.map(jnp.asarray, grads), state, jparams)
+    jparams = optax.apply_updates(jparams, updates)
+    for k, g in grads.items():
+      g = g.astype(np.float64)
+      if g.ndim == 2:
+        ref[k], bufs[k] = _reference.root_matrix_step(
+            ref[k], g, bufs[k], lr, _coeffs_for(g.shape), wd=wd, nesterov=nesterov)
+      else:
+        ref[k], m, v = _reference.adamw_step(ref[k], g, *adam[k], t, lr, wd=wd)
+        adam[k] = (m, v)
+  for k in SHAPES:
+    np.testing.assert_allclose(jparams[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_fast_threshold_gives_the_same_step_as_exact():
+  params = jax.tree.map(jnp.asarray, _params(1))
+  grads = jax.tree.map(jnp.asarray, _params(2))
+  outs = []
+  for method in ("exact", "fast"):
+    tx = root_optax.root(0.01, coefficients=TABLE, threshold_method=method)
+    outs.append(tx.update(grads, tx.init(params), params)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *outs)
+
+
+def test_zero_gradient_gives_zero_update_and_no_nan():
+  params = jax.tree.map(jnp.asarray, _params(3))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  tx = root_optax.root(0.1, coefficients=TABLE, weight_decay=0.0)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
+  for u in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(u, 0.0)
+
+
+def test_bf16_params_stay_bf16_and_finite():
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _params(4))
+  grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _params(5))
+  tx = root_optax.root(0.01, coefficients=TABLE)
+  state = tx.init(params)
+  for _ in range(2):
+    updates, state = jax.jit(tx.update)(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for p in jax.tree.leaves(params):
+    assert p.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(p)))
+
+
+def test_mu_dtype_sets_the_momentum_buffer_dtype():
+  params = jax.tree.map(jnp.asarray, _params(6))
+  state = root_optax.root(0.01, mu_dtype=jnp.bfloat16, coefficients=TABLE).init(params)
+  buffers = [x for x in jax.tree.leaves(state) if x.ndim == 2]
+  assert buffers and all(b.dtype == jnp.bfloat16 for b in buffers)
+
+
+def test_param_labels_send_leaves_to_adamw():
+  params = jax.tree.map(jnp.asarray, _params(7))
+  grads = jax.tree.map(jnp.asarray, _params(8))
+  labels = {k: ("adam" if k == "w_sq" else ("root" if v.ndim == 2 else "adam")) for k, v in params.items()}
+  tx = root_optax.root(0.01, coefficients=TABLE, param_labels=labels)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  adamw = optax.adamw(0.01, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+  expected, _ = adamw.update({"w_sq": grads["w_sq"]}, adamw.init({"w_sq": params["w_sq"]}), {"w_sq": params["w_sq"]})
+  np.testing.assert_allclose(updates["w_sq"], expected["w_sq"], rtol=1e-6)
+
+
+def test_route_by_path_labels():
+  params = {"embed": jnp.ones((10, 4)), "block": {"w": jnp.ones((4, 4)), "b": jnp.ones(4)},
+            "lm_head": jnp.ones((4, 10))}
+  labels = root_optax.route_by_path(("embed", "lm_head"))(params)
+  assert labels == {"embed": "adam", "block": {"w": "root", "b": "adam"}, "lm_head": "adam"}
+
+
+@pytest.mark.parametrize("as_callable", [False, True])
+def test_weight_decay_mask(as_callable):
+  params = jax.tree.map(jnp.asarray, _params(9))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  mask = {k: k != "w_wide" and k != "bias" for k in params}
+  tx = root_optax.root(0.5, coefficients=TABLE, weight_decay=0.1,
+                       weight_decay_mask=(lambda p: jax.tree.map(lambda _: True, p)) if as_callable else mask)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for k, p in params.items():
+    decayed = as_callable or mask[k]
+    np.testing.assert_allclose(updates[k], -0.5 * 0.1 * p if decayed else 0.0, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_stacked_leaf_via_dimension_numbers():
+  rng = np.random.default_rng(10)
+  params = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.zeros(10)}
+  grads = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.ones(10)}
+  dims = {"stack": root_optax.DimensionNumbers(1, 2), "b": None}
+  tx = root_optax.root(0.01, coefficients=TABLE, weight_dimension_numbers=dims, weight_decay=0.0,
+                       threshold_method="exact")
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for k in range(3):
+    g = np.asarray(grads["stack"][k], np.float64)
+    new, _ = _reference.root_matrix_step(np.zeros((6, 10)), g, np.zeros((6, 10)), 0.01, _coeffs_for((6, 10)), wd=0.0)
+    np.testing.assert_allclose(updates["stack"][k], new, rtol=1e-5, atol=1e-6)
+
+
+def test_non_matrix_root_leaf_without_dimension_numbers_is_an_error():
+  params = {"stack": jnp.ones((2, 4, 4))}
+  tx = root_optax.root(0.01, param_labels={"stack": "root"})
+  with pytest.raises(ValueError, match="weight_dimension_numbers"):
+    tx.update(params, tx.init(params), params)
+
+
+def test_learning_rate_schedule():
+  params = {"w": jnp.ones((4, 4))}
+  schedule = optax.linear_schedule(1.0, 0.0, 4)
+  tx = root_optax.root(schedule, coefficients=TABLE, weight_decay=0.0)
+  state = tx.init(params)
+  grads = {"w": jnp.asarray(np.random.default_rng(11).normal(size=(4, 4)), jnp.float32)}
+  norms = []
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    norms.append(float(jnp.linalg.norm(updates["w"])))
+  np.testing.assert_allclose(np.array(norms) / norms[0], [1.0, 0.75, 0.5], rtol=1e-2)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"momentum": 1.0}, "momentum"), ({"quantile": 0.0}, "quantile"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"adam_b2": 1.0}, "adam_b2"), ({"scaling": "l2"}, "scaling"), ({"ns_steps": 0}, "ns_steps"),
+    ({"threshold_method": "sort"}, "threshold_method"), ({"adam_eps": 0.0}, "adam_eps"),
+    ({"coefficients": {"4x4": (1.0, 2.0)}}, "shape"),
+])
+def test_invalid_hyperparameters(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    root_optax.root(0.01, **kwargs)
+
+
+def test_trains_a_least_squares_problem():
+  rng = np.random.default_rng(12)
+  a = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+  target = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+  y = a @ target
+  loss = lambda p: jnp.mean((a @ p["w"] + p["b"] - y) ** 2)
+  params = {"w": jnp.zeros((16, 8)), "b": jnp.zeros(8)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    tx = root_optax.root(0.05, weight_decay=0.0)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  initial = float(loss(params))
+  for _ in range(200):
+    params, state = step(params, state)
+  assert float(loss(params)) < 0.02 * initial

@@ -1,0 +1,63 @@
+"""Tests for root_optax.dimensions and root_optax.labels."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import root_optax
+from root_optax import dimensions
+from root_optax import labels
+
+DN = root_optax.DimensionNumbers
+
+
+@pytest.mark.parametrize("shape, dims, expected", [
+    ((6, 4), DN(0, 1), (1, 6, 4)),
+    ((3, 6, 4), DN(1, 2), (3, 6, 4)),
+    ((3, 3, 4, 8), DN((0, 1, 2), 3), (1, 36, 8)),
+    ((5, 2, 7), DN(2, 0), (2, 7, 5)),
+])
+def test_matrix_view_round_trip(shape, dims, expected):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  mats = dimensions.to_matrices(x, dims)
+  assert mats.shape == expected
+  np.testing.assert_array_equal(dimensions.from_matrices(mats, shape, dims), x)
+
+
+def test_matrix_view_puts_reduction_axes_in_rows():
+  x = np.random.default_rng(0).normal(size=(5, 2, 7)).astype(np.float32)
+  mats = dimensions.to_matrices(jnp.asarray(x), DN(reduction_axis=2, output_axis=0))
+  np.testing.assert_array_equal(mats[1], x[:, 1, :].T)  # batch axis 1; rows = axis 2
+
+
+def test_overlapping_axes_are_rejected():
+  with pytest.raises(ValueError, match="disjoint"):
+    dimensions.to_matrices(jnp.ones((2, 3, 4)), DN(1, 1))
+
+
+def test_resolve_defaults_and_errors():
+  tree = {"w": jnp.ones((2, 3)), "s": jnp.ones((2, 3, 4)), "b": jnp.ones(3)}
+  assert dimensions.resolve(None, tree) == [None, None, dimensions.MATRIX]  # keys sorted: b, s, w
+  assert dimensions.resolve(DN(1, 2), tree)[1] == DN(1, 2)
+  with pytest.raises(ValueError, match="rank"):
+    dimensions.resolve({"w": None, "s": None, "b": DN(0, 1)}, tree)
+  with pytest.raises(TypeError, match="weight_dimension_numbers"):
+    dimensions.validate_spec({"w": "rows"})
+
+
+def test_shape_groups_merge_orientations_and_split_dtypes():
+  groups = labels.shape_groups(
+      [(1, 4, 8), (1, 8, 4), (2, 4, 4), (1, 4, 8)],
+      [jnp.float32, jnp.float32, jnp.float32, jnp.bfloat16])
+  assert groups == {(4, 8, "float32"): [0, 1], (4, 4, "float32"): [2], (4, 8, "bfloat16"): [3]}
+
+
+def test_mask_like_restores_masked_nodes():
+  masked = {"a": jnp.ones(2), "b": optax.MaskedNode()}
+  assert labels.mask_like({"a": False, "b": True}, masked) == {"a": False, "b": optax.MaskedNode()}
+
+
+def test_resolve_labels_rejects_unknown_labels():
+  with pytest.raises(ValueError, match="param_labels"):
+    labels.resolve_labels({"w": "sgd"}, {"w": jnp.ones((2, 2))})

@@ -1,0 +1,138 @@
+"""Tests for root_optax.orthogonalize: grouping, per-shape dispatch, fallback."""
+
+import importlib
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import _reference
+import root_optax
+
+# The package re-exports the function `newton_schulz`, shadowing the module name.
+ns_lib = importlib.import_module("root_optax.newton_schulz")
+
+TABLE = {"8x16": (3.0, -3.2, 1.2), "8x8": [(4.0, -6.0, 2.5), (3.0, -3.0, 1.0), (1.875, -1.25, 0.375)]}
+
+
+def _tree(seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = {"a": (8, 16), "b": (16, 8), "c": (8, 16), "d": (8, 8), "e": (8, 8), "bias": (16,)}
+  return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes.items()}
+
+
+def _expected(name, x):
+  steps = 3
+  if x.shape == (8, 8):
+    coeffs = TABLE["8x8"]
+  else:
+    coeffs = [TABLE["8x16"]] * steps
+  return _reference.newton_schulz(np.asarray(x, np.float64), coeffs)
+
+
+def test_each_shape_uses_its_own_coefficients(maybe_jit):
+  tree = _tree()
+  tx = root_optax.ada_newton_orthogonalize(TABLE, ns_steps=3)
+  out, _ = maybe_jit(tx.update)(tree, tx.init(tree))
+  for name in "abcde":
+    np.testing.assert_allclose(out[name], _expected(name, tree[name]), rtol=1e-4, atol=1e-5, err_msg=name)
+  np.testing.assert_array_equal(out["bias"], tree["bias"])
+
+
+def test_grouped_equals_per_leaf():
+  tree = _tree(1)
+  tx = root_optax.ada_newton_orthogonalize(TABLE, ns_steps=3)
+  grouped, _ = tx.update(tree, tx.init(tree))
+  for name, leaf in tree.items():
+    single, _ = tx.update({name: leaf}, tx.init({name: leaf}))
+    np.testing.assert_allclose(grouped[name], single[name], rtol=1e-6, atol=1e-7)
+
+
+def test_stacked_leaf_with_dimension_numbers_equals_per_slice():
+  stack = jnp.asarray(np.random.default_rng(2).normal(size=(3, 8, 16)), jnp.float32)
+  dims = {"s": root_optax.DimensionNumbers(reduction_axis=1, output_axis=2)}
+  tx = root_optax.ada_newton_orthogonalize(TABLE, ns_steps=3, weight_dimension_numbers=dims)
+  out, _ = tx.update({"s": stack}, tx.init(None))
+  for k in range(3):
+    np.testing.assert_allclose(out["s"][k], _expected("a", stack[k]), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_kernel_dimension_numbers():
+  # HWIO kernel: reduction over (H, W, I), output O, as optax's Muon would.
+  kernel = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3, 4, 8)), jnp.float32)
+  dims = root_optax.DimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+  tx = root_optax.ada_newton_orthogonalize("muon", weight_dimension_numbers=dims)
+  out, _ = tx.update([kernel], tx.init(None))
+  flat = np.asarray(kernel, np.float64).reshape(36, 8)
+  expected = _reference.newton_schulz(flat, [_reference.MUON] * 5).reshape(3, 3, 4, 8)
+  np.testing.assert_allclose(out[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_shape_warns_once_per_shape():
+  tree = _tree()
+  tx = root_optax.ada_newton_orthogonalize("paper")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(3):
+      tx.update(tree, tx.init(tree))
+    jax.jit(tx.update)(tree, tx.init(tree))
+  messages = sorted(str(w.message) for w in caught if "no 'paper' coefficients" in str(w.message))
+  assert len(messages) == 2  # 8x16 (both orientations) and 8x8
+  assert "8x16" in messages[0] + messages[1] and "8x8" in messages[0] + messages[1]
+
+
+def _gpt_small(layers=12, d=768, vocab=50304):
+  block = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "mlp_in": (d, 4 * d),
+           "mlp_out": (4 * d, d), "ln1": (d,), "ln2": (d,)}
+  tree = {f"layer_{i}": {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in block.items()}
+          for i in range(layers)}
+  tree["embed"] = jax.ShapeDtypeStruct((vocab, d), jnp.float32)
+  tree["lm_head"] = jax.ShapeDtypeStruct((d, vocab), jnp.float32)
+  return tree
+
+
+def test_gpt_small_traces_one_newton_schulz_per_shape(monkeypatch):
+  shapes_seen = []
+  real = ns_lib.newton_schulz
+
+  def counting(x, *args, **kwargs):
+    shapes_seen.append(x.shape)
+    return real(x, *args, **kwargs)
+
+  monkeypatch.setattr(ns_lib, "newton_schulz", counting)
+  params = _gpt_small()
+  tx = root_optax.root(1e-3, param_labels=root_optax.route_by_path(("embed", "lm_head")))
+  state = jax.eval_shape(tx.init, params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    jaxpr = jax.make_jaxpr(tx.update)(params, state, params)
+  # 768x768 (48 leaves) and 768x3072 (24 leaves, both orientations): two loops.
+  assert sorted(shapes_seen) == [(24, 768, 3072), (48, 768, 768)]
+  dots_per_loop = str(jax.make_jaxpr(lambda x: real(x, [_reference.MUON] * 5))(
+      jnp.ones((2, 4, 8)))).count("dot_general")
+  assert str(jaxpr).count("dot_general") == 2 * dots_per_loop
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"ns_steps": 0}, "ns_steps"), ({"normalization": "spectral"}, "normalization"),
+    ({"eps": -1.0}, "eps"), ({"coefficients": "nope"}, "coefficients"),
+    ({"coefficients": [(3, -4, 2)] * 6, "ns_steps": 5}, "ns_steps"),
+])
+def test_invalid_hyperparameters(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    root_optax.ada_newton_orthogonalize(**kwargs)
+
+
+def test_table_normalization_is_used_by_default(monkeypatch):
+  seen = []
+  real = ns_lib.newton_schulz
+  monkeypatch.setattr(ns_lib, "newton_schulz", lambda x, c, **kw: seen.append(kw["normalization"]) or real(x, c, **kw))
+  tree = {"w": jnp.ones((4, 4))}
+  table = {"default": (3.4445, -4.7750, 2.0315), "normalization": "schatten4"}
+  tx = root_optax.ada_newton_orthogonalize(table)
+  tx.update(tree, tx.init(tree))
+  tx = root_optax.ada_newton_orthogonalize(table, normalization="aol")
+  tx.update(tree, tx.init(tree))
+  assert seen == ["schatten4", "aol"]

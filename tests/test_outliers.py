@@ -1,0 +1,131 @@
+"""Tests for root_optax.outliers."""
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import _reference
+import root_optax
+from root_optax import outliers
+
+SHAPES = [(1, 1), (1, 7), (9, 1), (5, 8), (33, 17), (64, 64)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("q", [0.5, 0.85, 0.9, 0.99, 1.0])
+def test_quantiles_match_numpy(shape, q):
+  m = np.random.default_rng(1).standard_t(2, size=(3,) + shape).astype(np.float32)
+  expected = np.quantile(np.abs(m).reshape(3, -1).astype(np.float64), q, axis=-1)
+  exact = root_optax.exact_abs_quantile(jnp.asarray(m), q)
+  fast = root_optax.fast_abs_quantiles([jnp.asarray(m)], q)[0]
+  np.testing.assert_allclose(exact, expected, rtol=2e-6)
+  np.testing.assert_allclose(fast, expected, rtol=2e-6)
+
+
+def test_fast_quantile_with_ties_and_zeros():
+  m = np.zeros((10, 10), np.float32)
+  m[:3] = 2.0
+  m[3, :5] = -1.0
+  for q in (0.5, 0.65, 0.7, 0.72, 0.9):
+    expected = np.quantile(np.abs(m), q)
+    np.testing.assert_allclose(root_optax.fast_abs_quantiles([jnp.asarray(m)], q)[0], expected, rtol=1e-6)
+
+
+def test_fast_quantile_bf16_and_huge_values():
+  m = jnp.asarray([[1e30, -3e29, 2.0, 0.0]], jnp.float32)
+  np.testing.assert_allclose(root_optax.fast_abs_quantiles([m], 0.5)[0], np.quantile(np.abs(np.asarray(m)), 0.5), rtol=1e-6)
+  b = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.bfloat16)
+  expected = np.quantile(np.abs(np.asarray(b, np.float32)), 0.9)
+  np.testing.assert_allclose(root_optax.fast_abs_quantiles([b], 0.9)[0], expected, rtol=1e-6)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    m=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=12),
+                 elements=st.floats(-1e6, 1e6, width=32, allow_subnormal=False)),
+    eps=st.floats(0.0, 1e3, width=32, allow_subnormal=False))
+def test_split_is_exact_and_bounded(m, eps):
+  base, out = root_optax.split_outliers(jnp.asarray(m), eps)
+  base, out = np.asarray(base), np.asarray(out)
+  np.testing.assert_array_equal(base + out, m)  # B + O == M exactly
+  assert np.all(np.abs(base) <= np.float32(eps))
+  np.testing.assert_allclose(out, np.asarray(root_optax.soft_threshold(jnp.asarray(m), eps)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(base, _reference.clip_outliers(m.astype(np.float64), eps), rtol=1e-6, atol=1e-3)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    seed=st.integers(0, 2**31 - 1),
+    shape=st.tuples(st.integers(4, 40), st.integers(4, 40)),
+    p=st.sampled_from([0.5, 0.85, 0.9, 0.95]))
+def test_fraction_clipped_is_one_minus_p(seed, shape, p):
+  m = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+  tx = root_optax.soft_threshold_outliers(p, track_outliers=True)
+  out, state = tx.update({"w": jnp.asarray(m)}, tx.init({"w": m}))
+  n = m.size
+  fraction = float(state.outlier_fraction["w"])
+  # Continuous entries: exactly floor((1 - p)(n - 1)) entries lie above the
+  # interpolated quantile, give or take the one straddling it.
+  assert abs(fraction * n - (1 - p) * (n - 1)) <= 1.0 + 1e-6
+  eps = np.quantile(np.abs(m), p) + 1e-9
+  np.testing.assert_allclose(out["w"], np.clip(m, -eps, eps), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_transform_matches_reference_and_skips_non_matrices(maybe_jit, method):
+  rng = np.random.default_rng(2)
+  tree = {"w": rng.standard_t(3, size=(20, 30)).astype(np.float32),
+          "b": rng.normal(size=(30,)).astype(np.float32) * 100}
+  tx = root_optax.soft_threshold_outliers(0.9, method=method)
+  out, _ = maybe_jit(tx.update)(tree, tx.init(tree))
+  w = tree["w"].astype(np.float64)
+  np.testing.assert_allclose(out["w"], _reference.clip_outliers(w, _reference.threshold(w)), rtol=1e-6)
+  np.testing.assert_array_equal(out["b"], tree["b"])
+
+
+def test_fixed_threshold():
+  m = jnp.asarray([[0.5, -3.0], [2.0, 0.1]])
+  tx = root_optax.soft_threshold_outliers(threshold=1.0)
+  out, _ = tx.update([m], tx.init([m]))
+  np.testing.assert_allclose(out[0], [[0.5, -1.0], [1.0, 0.1]])
+
+
+def test_stacked_leaf_thresholds_each_matrix():
+  rng = np.random.default_rng(3)
+  stack = rng.normal(size=(4, 8, 6)).astype(np.float32) * np.arange(1, 5)[:, None, None]
+  dims = {"s": root_optax.DimensionNumbers(reduction_axis=1, output_axis=2)}
+  tx = root_optax.soft_threshold_outliers(0.8, weight_dimension_numbers=dims)
+  out, _ = tx.update({"s": jnp.asarray(stack)}, tx.init({"s": stack}))
+  for k in range(4):
+    eps = np.quantile(np.abs(stack[k]), 0.8) + 1e-9
+    np.testing.assert_allclose(out["s"][k], np.clip(stack[k], -eps, eps), rtol=1e-6)
+
+
+def test_zero_and_bf16_inputs_stay_finite():
+  tx = root_optax.soft_threshold_outliers()
+  zeros = {"w": jnp.zeros((5, 7))}
+  out, _ = tx.update(zeros, tx.init(zeros))
+  np.testing.assert_array_equal(out["w"], 0.0)
+  bf = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(6, 6)), jnp.bfloat16)}
+  out, _ = tx.update(bf, tx.init(bf))
+  assert out["w"].dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out["w"])))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"quantile": 0.0}, "quantile"), ({"quantile": 1.5}, "quantile"),
+    ({"threshold": -1.0}, "threshold"), ({"method": "sort"}, "method"),
+    ({"offset": -1e-9}, "offset")])
+def test_invalid_hyperparameters(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    root_optax.soft_threshold_outliers(**kwargs)
+
+
+def test_fast_method_uses_no_sort():
+  m = jnp.ones((16, 16))
+  jaxpr = str(jax.make_jaxpr(lambda x: outliers.fast_abs_quantiles([x], 0.9))(m))
+  assert "sort" not in jaxpr
+  assert "sort" in str(jax.make_jaxpr(lambda x: outliers.exact_abs_quantile(x, 0.9))(m))
