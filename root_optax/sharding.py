@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec
 AUTO = "auto"
 AnyMesh = Union[Mesh, AbstractMesh]
 ShardingSpec = Union[None, str, AnyMesh]
+Spec = tuple[tuple[str, ...], ...]  # one tuple of mesh axis names per array axis
 
 
 def validate_sharding(sharding: ShardingSpec) -> None:
@@ -82,9 +83,6 @@ def find_mesh(sharding: ShardingSpec, arrays: Sequence[jax.Array]) -> Optional[A
 def padded_size(batch: int, devices: int) -> int:
   """``batch`` rounded up to a multiple of ``devices``."""
   return -(-batch // devices) * devices
-
-
-Spec = tuple[tuple[str, ...], ...]  # one tuple of mesh axis names per array axis
 
 
 def _as_axes(entry) -> tuple[str, ...]:
