@@ -30,6 +30,10 @@ _PRESET_FILE = "coefficients.json"
 _YAML_SUFFIXES = (".yaml", ".yml")
 MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NORMALIZATIONS = ("frobenius", "schatten4", "aol")
+# What `CoefficientTable.lookup` returns for a shape the table does not hold.
+DEFAULT = "default"
+NEAREST = "nearest"
+FALLBACKS = (DEFAULT, NEAREST)
 # A composed polynomial whose maximum over [0, 1] exceeds this is flagged:
 # Muon's own triple peaks at 1.20, the authors' 2048x2048 triple at 3.31.
 DEFAULT_MAX_GAIN = 1.5
@@ -45,6 +49,9 @@ class CoefficientTable:
     shapes: Maps ``(min, max)`` to ``(T, 3)`` coefficients.
     normalization: The pre-conditioning the coefficients were fitted for.
     source: Where the numbers came from.
+    fallback: For shapes not in ``shapes``: ``'default'`` uses ``default``;
+      ``'nearest'`` uses the entry of the nearest shape, by aspect ratio first
+      (see `nearest_key`).
   """
 
   name: str
@@ -52,6 +59,7 @@ class CoefficientTable:
   shapes: Mapping[ShapeKey, np.ndarray]
   normalization: str = "frobenius"
   source: str = ""
+  fallback: str = DEFAULT
 
   def __post_init__(self):
     # Tables built directly (not by `load_coefficients`) get the same checks.
@@ -66,6 +74,8 @@ class CoefficientTable:
     key = shape_key(key)
     if key in self.shapes:
       return self.shapes[key], True
+    if self.fallback == NEAREST and self.shapes:
+      return self.shapes[nearest_key(key, self.shapes)], False
     return self.default, False
 
   def entries(self) -> dict[str, np.ndarray]:
@@ -80,9 +90,26 @@ class CoefficientTable:
     return {
         "source": self.source,
         "normalization": self.normalization,
+        "fallback": self.fallback,
         "default": as_list(self.default),
         "shapes": {f"{m}x{n}": as_list(c) for (m, n), c in self.shapes.items()},
     }
+
+
+def nearest_key(key: ShapeKey, keys) -> ShapeKey:
+  """The key of ``keys`` closest to ``key``: aspect ratio first, then size.
+
+  Distance ``(ln r - ln r')^2 + (ln m - ln m')^2 / 4`` with ``r = max / min``
+  and ``m = min``: the shape of a normalised Gaussian spectrum depends on the
+  aspect ratio (Marchenko-Pastur), its scale only weakly on ``m``
+  (``m^(-1/4)`` under Schatten-4 normalisation). Ties go to the larger key.
+  """
+  m, n = shape_key(key)
+
+  def distance(k):
+    return (math.log((n / m) / (k[1] / k[0]))) ** 2 + 0.25 * math.log(m / k[0]) ** 2
+
+  return min(sorted(keys, reverse=True), key=distance)
 
 
 CoefficientSpec = Union[str, os.PathLike, Mapping, Sequence, CoefficientTable]
@@ -162,15 +189,19 @@ def _read_table_file(path: str) -> Any:
 
 def _table_from_mapping(name: str, data: Mapping) -> CoefficientTable:
   if "shapes" in data or "default" in data:
-    unknown = set(data) - {"shapes", "default", "normalization", "source", "meta"}
+    unknown = set(data) - {"shapes", "default", "normalization", "source", "fallback", "meta"}
     if unknown:
       raise ValueError(f"coefficients table {name!r} has unknown fields {sorted(unknown)}")
     shapes_in = data.get("shapes", {}) or {}
     default = data.get("default", MUON_COEFFICIENTS)
     normalization = data.get("normalization", "frobenius")
     source = data.get("source", "")
+    fallback = data.get("fallback", DEFAULT)
   else:
     shapes_in, default, normalization, source = data, MUON_COEFFICIENTS, "frobenius", ""
+    fallback = DEFAULT
+  if fallback not in FALLBACKS:
+    raise ValueError(f"coefficients table {name!r}: fallback must be one of {FALLBACKS}, got {fallback!r}")
   shapes = {}
   for key, value in shapes_in.items():
     k = shape_key(key)
@@ -181,6 +212,7 @@ def _table_from_mapping(name: str, data: Mapping) -> CoefficientTable:
       shapes=shapes,
       normalization=validate_normalization(normalization),
       source=str(source),
+      fallback=fallback,
   )
 
 
