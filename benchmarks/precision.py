@@ -43,6 +43,7 @@ EXTRA_TABLES = {"ada_gauss": "ada_gaussian.json", "ada_frob": "ada_frobenius.jso
 TABLE1_SHAPES = [(2048, 2048), (2048, 3072), (2048, 4096), (2048, 8192), (2048, 16384)]
 EXTRA_SHAPES = [(4096, 4096), (8192, 8192)]
 # Shapes in no table: how the 'nearest' rule does against a fresh calibration.
+ADA_PRIOR_FRACTION = 0.03  # the setting the shipped preset was made with (docs/calibration.md)
 UNKNOWN_SHAPES = [(384, 1536), (1536, 1536), (640, 2560), (4096, 16384)]
 PAPER_TABLE_1 = {  # (Muon, ROOT) MSE verbatim from the paper's Table 1, for the printout
     (2048, 2048): (0.0499, 0.0352), (4096, 4096): (0.0637, 0.0470),
@@ -90,10 +91,14 @@ def table1(shapes, seed):
 
 
 def polar_factor(g):
-  """U V^T of a wide float64 matrix, from the eigendecomposition of its Gram matrix."""
+  """U V^T of a float64 matrix, from the eigendecomposition of its smaller Gram matrix.
+
+  Directions with s < 1e-6 s_max count as null: float64 Gram eigenvalues are
+  noise below ~1e-16 lambda_max, and float32 Newton-Schulz cannot see them.
+  """
   wide = g if g.shape[0] <= g.shape[1] else g.T
   lam, q = np.linalg.eigh(wide @ wide.T)
-  inv_sqrt = np.where(lam > lam.max() * 1e-28, 1.0 / np.sqrt(np.maximum(lam, 1e-300)), 0.0)
+  inv_sqrt = np.where(lam > lam.max() * 1e-12, 1.0 / np.sqrt(np.maximum(lam, 1e-300)), 0.0)
   polar = (q * inv_sqrt) @ q.T @ wide
   return polar if g.shape[0] <= g.shape[1] else polar.T
 
@@ -132,7 +137,7 @@ def unknown_shapes(shapes, seed):
   for shape in shapes:
     s = calibration.matrix_singular_values(gaussian(shape, seed))
     start = time.perf_counter()
-    fresh = calibration.calibrate_shape(shape)
+    fresh = calibration.calibrate_shape(shape, prior_fraction=ADA_PRIOR_FRACTION)
     seconds = time.perf_counter() - start
     near = coefficients_lib.nearest_key(shape, ada.shapes)
     rows.append({
@@ -235,7 +240,7 @@ def plot_fig2(path, steps, curves, shapes):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, ax = plt.subplots(figsize=(6.4, 3.8))
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
   colors = {"Muon": "tab:blue", "paper Table 1 (nearest shape)": "tab:green", "ada (ours)": "tab:red",
             "ada, Gaussian spectra only": "tab:gray"}
   for name, ys in curves.items():
@@ -246,7 +251,7 @@ def plot_fig2(path, steps, curves, shapes):
   ax.set_title("5 Newton-Schulz steps on real momenta (digits MLP, float32)\nlayers: "
                + ", ".join(f"{m}x{n}" for m, n in shapes), fontsize=9)
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.17))
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
@@ -307,10 +312,10 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seed", type=int, default=1, help="seed of the held-out Gaussian matrices")
   parser.add_argument("--all", action="store_true", help="add 4096x4096 and 8192x8192 (slow)")
-  parser.add_argument("--kernel-shapes", default="2048x2048,2048x3072",
+  parser.add_argument("--kernel-shapes", default="512x512,512x1536",
                       help="shapes for the kernel check (comma separated; '' skips it)")
   parser.add_argument("--unknown-shapes", default=",".join(f"{m}x{n}" for m, n in UNKNOWN_SHAPES))
-  parser.add_argument("--train-steps", type=int, default=300)
+  parser.add_argument("--train-steps", type=int, default=200)
   parser.add_argument("--record-every", type=int, default=20)
   parser.add_argument("--figure", default=os.path.join(HERE, "..", "docs", "figures", "precision_fig2.png"))
   parser.add_argument("--json", default=None, help="also write all results to this JSON file")

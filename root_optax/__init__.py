@@ -48,4 +48,9 @@ __all__ = (
     "split_outliers",
     "trace",
     "SoftThresholdState",
+    "SpectrumRecorder",
+    "calibrate",
 )
+
+from root_optax.calibration import SpectrumRecorder  # pylint: disable=g-import-not-at-top
+from root_optax.calibration import calibrate  # pylint: disable=g-import-not-at-top
