@@ -68,6 +68,8 @@ class CoefficientTable:
     object.__setattr__(self, "default", as_coefficient_array(self.default, f"{where}['default']"))
     object.__setattr__(self, "shapes", shapes)
     validate_normalization(self.normalization)
+    if self.fallback not in FALLBACKS:
+      raise ValueError(f"{where}: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
 
   def lookup(self, key: ShapeKey) -> tuple[np.ndarray, bool]:
     """Returns ``(coefficients, found)`` for a ``(min, max)`` shape key."""
