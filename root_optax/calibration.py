@@ -525,7 +525,7 @@ def calibrate(
       irrelevant (keys are ``(min, max)``).
     ns_steps: Newton-Schulz steps T the coefficients are fitted for.
     per_iteration: One triple per step (default) or one for all steps (paper).
-    normalization: ``'schatten4'`` (default; ~4x lower error on square
+    normalization: ``'schatten4'`` (default; ~5x lower error on square
       shapes) or ``'frobenius'`` (the paper's). Stored in the table, and used
       by `ada_newton_orthogonalize` when its ``normalization`` is None.
     spectra: Real spectra: a `SpectrumRecorder` or ``{shape: [singular values
