@@ -51,6 +51,13 @@ def unstack_groups(results: dict, plan: list, mats: list[jax.Array]) -> list[jax
   return out
 
 
+def _fallback_text(table: coefficients_lib.CoefficientTable, key) -> str:
+  if table.fallback == coefficients_lib.NEAREST:
+    near = coefficients_lib.nearest_key(key, table.shapes)
+    return f"the nearest calibrated shape {near[0]}x{near[1]}"
+  return "the table's default"
+
+
 def ada_newton_orthogonalize(
     coefficients: coefficients_lib.CoefficientSpec = "paper",
     ns_steps: int = 5,
@@ -126,7 +133,7 @@ def ada_newton_orthogonalize(
       warned.add(key[:2])
       warnings.warn(
           f"root_optax: no {table.name!r} coefficients for shape {key[0]}x{key[1]}; "
-          "using the table's default. Calibrate one with "
+          f"using {_fallback_text(table, key[:2])}. Calibrate one with "
           f"root_optax.calibrate(shapes=[({key[0]}, {key[1]})]) to add it.",
           UserWarning, stacklevel=4)
     return coefficients_lib.steps_schedule(coeffs, ns_steps)
