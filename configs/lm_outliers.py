@@ -14,6 +14,7 @@ Regenerate with::
 import ml_collections
 
 from configs import lm
+from configs._runs import run
 
 FAMILIES = (
     ("AdamW", "adamw", {}),
@@ -29,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.title = "robustness to gradient outliers (byte-level LM)"
   c.report = "robustness"
   c.runs = tuple(
-      lm.run(f"{name} [{noise}]", optimizer, lm.LR[optimizer], family=name,
+      run(f"{name} [{noise}]", optimizer, lm.LR[optimizer], family=name,
              noise=noise, **extra)
       for name, optimizer, extra in FAMILIES for noise in NOISE)
   return c

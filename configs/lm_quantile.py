@@ -9,6 +9,7 @@ largest entry), all at ROOT's rate from ``configs/lm.py``. Regenerate with::
 import ml_collections
 
 from configs import lm
+from configs._runs import run
 
 QUANTILES = (0.85, 0.90, 0.95, 0.99, 1.0)
 
@@ -19,6 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.title = "ROOT quantile ablation (byte-level LM)"
   c.report = "quantile"
   c.runs = tuple(
-      lm.run(f"ROOT p={p:g}", "root", lm.LR["root"], root=dict(quantile=p))
+      run(f"ROOT p={p:g}", "root", lm.LR["root"], root=dict(quantile=p))
       for p in QUANTILES)
   return c

@@ -12,6 +12,7 @@ reuse ROOT's rate. Regenerate with::
 import ml_collections
 
 from configs import lm
+from configs._runs import run
 
 GRID = {
     "adamw": (1e-3, 3e-3, 1e-2, 3e-2),  # 3e-2 added: 1e-2 was the grid's edge
@@ -26,6 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.title = "learning-rate sweep (150 steps)"
   c.steps = 150
   c.runs = tuple(
-      lm.run(f"{family} lr={lr:g}", family, lr, family=family)
+      run(f"{family} lr={lr:g}", family, lr, family=family)
       for family, grid in GRID.items() for lr in grid)
   return c

@@ -10,8 +10,10 @@ every ROOT variant uses ROOT's rate.
 
 import ml_collections
 
+from configs._runs import run
+
 # Chosen by configs/vision_sweep.py (see docs/results.md).
-LR = {"adamw": 3e-3, "muon": 1e-2, "root": 1e-2}
+LR = {"adamw": 1e-2, "muon": 1e-2, "root": 3e-2}
 QUANTILES = (0.85, 0.90, 0.95)
 
 
@@ -28,10 +30,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.only = ""  # comma-separated run names to run a subset
   c.quick = dict(epochs=2, seeds=2, model=dict(d_model=32, depth=1, mlp_dim=64))
   return c
-
-
-def run(name, optimizer, lr, **fields) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(name=name, optimizer=optimizer, lr=lr, **fields))
 
 
 def get_config() -> ml_collections.ConfigDict:

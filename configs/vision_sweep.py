@@ -10,6 +10,7 @@ test loss) goes into ``configs/vision.py``. Regenerate with::
 import ml_collections
 
 from configs import vision
+from configs._runs import run
 
 GRID = {
     "adamw": (1e-3, 3e-3, 1e-2),
@@ -23,6 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "vision_sweep"
   c.title = "tiny ViT learning-rate sweep"
   c.seeds = 2
-  c.runs = tuple(vision.run(f"{family} lr={lr:g}", family, lr)
+  c.runs = tuple(run(f"{family} lr={lr:g}", family, lr)
                  for family, grid in GRID.items() for lr in grid)
   return c

@@ -12,7 +12,8 @@ import copy
 import csv
 import os
 import pathlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -20,10 +21,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 ADAMW, MUON, ROOT = "adamw", "muon", "root"
 OPTIMIZERS = (ADAMW, MUON, ROOT)
 NOISE_KINDS = ("none", "spikes", "student_t")
@@ -182,3 +187,31 @@ def make_workdir(workdir: str) -> pathlib.Path:
   path = pathlib.Path(os.path.expanduser(workdir))
   path.mkdir(parents=True, exist_ok=True)
   return path
+
+
+def make_main(default_config: str, train_and_evaluate: Callable[[Any, str], Any]):
+  """Defines flax-style flags and returns an `absl.app` main function.
+
+  Flags: ``--config`` (an ml_collections config file, default
+  ``configs/<default_config>``; fields overridable as ``--config.steps 100``),
+  ``--workdir`` (default ``runs/<config.name>``) and ``--quick`` (apply the
+  config's ``quick`` overrides).
+  """
+  config_flag = config_flags.DEFINE_config_file(
+      "config", str(REPO / "configs" / default_config), "Experiment config file.",
+      lock_config=False)
+  workdir_flag = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config.name>).")
+  quick_flag = flags.DEFINE_bool("quick", False, "Apply the config's `quick` overrides (smoke run).")
+
+  def main(argv) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quick = quick_flag.value
+    config = apply_quick(config_flag.value) if quick else config_flag.value
+    workdir = workdir_flag.value or str(REPO / "runs" / (config.name + ("_quick" if quick else "")))
+    start = time.perf_counter()
+    train_and_evaluate(config, workdir)
+    print(f"total wall time: {time.perf_counter() - start:.1f} s on "
+          f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+
+  return main

@@ -30,22 +30,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from examples import common
 from examples import data
 from examples import models
-
-_REPO = pathlib.Path(__file__).resolve().parents[1]
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_REPO / "configs" / "lm.py"), "Experiment config file.",
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config.name>).")
-_QUICK = flags.DEFINE_bool("quick", False, "Apply the config's `quick` overrides (smoke run).")
-
 
 def loss_fn(model: models.Transformer, batch: jax.Array) -> jax.Array:
   """Mean next-byte cross-entropy in nats."""
@@ -80,9 +70,17 @@ def _run_noise(config, run) -> ml_collections.ConfigDict:
   return noise
 
 
-def train_one(config, run, graphdef, init_state, corpus, eval_set) -> dict:
-  """Trains one run from the shared initialisation; returns its history and summary."""
-  model = nnx.merge(graphdef, init_state)
+def make_model(config) -> models.Transformer:
+  """The model, initialised from ``config.seed``: the same weights for every run."""
+  return models.Transformer(data.VOCAB_SIZE, config.model.d_model, config.model.num_layers,
+                            config.model.num_heads, rngs=nnx.Rngs(config.seed))
+
+
+def train_one(config, run, corpus, eval_set) -> dict:
+  """Trains one run from a fresh copy of the shared initialisation."""
+  # A fresh model each run: `optimizer.update` changes the model's variables in
+  # place, so reusing one (or `nnx.merge` of one state) would warm-start later runs.
+  model = make_model(config)
   tx = common.make_optimizer(run, config.optim, config.steps)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   train_step = make_train_step(_run_noise(config, run))
@@ -132,15 +130,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                               config.data.max_val_bytes)
   eval_set = jnp.asarray(data.lm_eval_batches(
       corpus.val, config.eval_batches, config.batch_size, config.seq_len))
-  model = models.Transformer(data.VOCAB_SIZE, config.model.d_model, config.model.num_layers,
-                             config.model.num_heads, rngs=nnx.Rngs(config.seed))
-  graphdef, init_state = nnx.split(model)
+  model = make_model(config)
   print(f"corpus: {len(corpus.train_files)} train files ({len(corpus.train):,} bytes), "
         f"{len(corpus.val_files)} val files ({len(corpus.val):,} bytes); "
         f"model: {sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))):,} params")
   results = []
   for run in tqdm(common.selected_runs(config), desc=config.name, dynamic_ncols=True):
-    results.append(train_one(config, run, graphdef, init_state, corpus, eval_set))
+    results.append(train_one(config, run, corpus, eval_set))
     s = results[-1]["summary"]
     tqdm.write(f"{s['run']}: train {s['final_train']:.4f}  val {s['final_val']:.4f}  "
                f"{s['ms_per_step']:.1f} ms/step")
@@ -166,9 +162,14 @@ def plot_curves(results: list[dict], config, path: pathlib.Path) -> None:
                     (ax_val, "validation loss (held-out files)")):
     ax.set(xlabel="step", ylabel="nats / byte", title=title)
     ax.grid(alpha=0.3)
-  lows = [r["summary"]["final_val"] for r in results]
-  ax_val.set_ylim(min(lows) - 0.1, max(lows) + 0.6)
-  ax_train.set_ylim(min(lows) - 0.3, max(lows) + 0.8)
+  # Zoom on the end of training: from the best final loss to the worst loss
+  # after the first 10% of steps.
+  for ax in (ax_train, ax_val):
+    ys = [(line.get_xdata(), line.get_ydata()) for line in ax.get_lines()]
+    low = min(float(np.nanmin(y)) for _, y in ys)
+    high = max(float(np.nanmax(np.where(np.asarray(x) >= 0.1 * config.steps, y, np.nan)))
+               for x, y in ys)
+    ax.set_ylim(low - 0.05, high + 0.05)
   ax_val.legend(fontsize=8)
   fig.suptitle(config.title)
   fig.tight_layout()
@@ -226,15 +227,7 @@ def _report_robustness(summaries, out) -> None:
   plt.close(fig)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = common.apply_quick(_CONFIG.value) if _QUICK.value else _CONFIG.value
-  workdir = _WORKDIR.value or str(_REPO / "runs" / (config.name + ("_quick" if _QUICK.value else "")))
-  start = time.perf_counter()
-  train_and_evaluate(config, workdir)
-  print(f"total wall time: {time.perf_counter() - start:.1f} s on {jax.devices()[0].device_kind}")
-
+main = common.make_main("lm.py", train_and_evaluate)
 
 if __name__ == "__main__":
   app.run(main)

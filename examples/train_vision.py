@@ -29,22 +29,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app
-from absl import flags
 from flax.training import train_state
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from examples import common
 from examples import data
 from examples import models
-
-_REPO = pathlib.Path(__file__).resolve().parents[1]
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_REPO / "configs" / "vision.py"), "Experiment config file.",
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config.name>).")
-_QUICK = flags.DEFINE_bool("quick", False, "Apply the config's `quick` overrides (smoke run).")
-
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -153,15 +143,7 @@ def plot(curves: list[dict], summaries: list[dict], config, path: pathlib.Path) 
   plt.close(fig)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = common.apply_quick(_CONFIG.value) if _QUICK.value else _CONFIG.value
-  workdir = _WORKDIR.value or str(_REPO / "runs" / (config.name + ("_quick" if _QUICK.value else "")))
-  start = time.perf_counter()
-  train_and_evaluate(config, workdir)
-  print(f"total wall time: {time.perf_counter() - start:.1f} s on {jax.devices()[0].device_kind}")
-
+main = common.make_main("vision.py", train_and_evaluate)
 
 if __name__ == "__main__":
   app.run(main)

@@ -24,7 +24,7 @@ from examples import data  # noqa: E402
 CONFIGS = ("lm", "lm_sweep", "lm_quantile", "lm_outliers", "vision", "vision_sweep")
 
 
-def _run_script(args, workdir, timeout=240):
+def _run_script(args, workdir, timeout=900):
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, *args, "--quick", "--workdir", str(workdir)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -35,12 +35,17 @@ def _run_script(args, workdir, timeout=240):
 
 def test_train_lm_quick(tmp_path):
   stdout, rows = _run_script(
-      ["examples/train_lm.py", "--config.only", "AdamW,ROOT"], tmp_path)
-  assert [r["run"] for r in rows] == ["AdamW", "ROOT"]
+      ["examples/train_lm.py", "--config.only", "ROOT,SoftThresh only"], tmp_path)
+  assert [r["run"] for r in rows] == ["ROOT", "SoftThresh only"]
   for r in rows:
     # Learned something: below the uniform byte loss ln(256) = 5.545 nats.
     assert float(r["final_val"]) < math.log(256) - 1.0
     assert float(r["final_train"]) < math.log(256) - 1.0
+  # The 'paper' table has no entry for the small shapes, so both runs use Muon's
+  # triple and must coincide exactly; a second run that was warm-started by the
+  # first (shared model state) would not.
+  assert rows[0]["final_val"] == rows[1]["final_val"]
+  assert rows[0]["final_train"] == rows[1]["final_train"]
   assert "| ROOT |" in stdout and "final_val" in stdout
   assert (tmp_path / "curves.png").stat().st_size > 0
   with open(tmp_path / "curves.csv") as f:
