@@ -1,0 +1,1 @@
+"""Experiment configs (ml_collections), one per experiment; see each docstring."""

@@ -1,0 +1,32 @@
+"""Learning-rate sweep behind the rates in ``configs/lm.py``.
+
+Each optimizer family (AdamW, optax Muon, ROOT with its defaults) is trained on
+a 3-point grid around its usual rate, at half the main horizon (150 steps, the
+same model, data and schedule shape), and the rate with the lowest final
+validation loss is copied into ``configs/lm.py``'s ``LR``. The ROOT ablations
+reuse ROOT's rate. Regenerate with::
+
+  python examples/train_lm.py --config configs/lm_sweep.py
+"""
+
+import ml_collections
+
+from configs import lm
+from configs._runs import run
+
+GRID = {
+    "adamw": (1e-3, 3e-3, 1e-2, 3e-2),  # 3e-2 added: 1e-2 was the grid's edge
+    "muon": (3e-3, 1e-2, 3e-2),
+    "root": (3e-3, 1e-2, 3e-2),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = lm.base_config()
+  c.name = "lm_sweep"
+  c.title = "learning-rate sweep (150 steps)"
+  c.steps = 150
+  c.runs = tuple(
+      run(f"{family} lr={lr:g}", family, lr, family=family)
+      for family, grid in GRID.items() for lr in grid)
+  return c
