@@ -11,6 +11,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,7 +49,11 @@ def at_least(name: str, value: Any, low: float) -> None:
 
 
 def positive_int(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is an int >= 1."""
+  """Raises ValueError unless ``value`` is a Python int >= 1 (it sets a loop length)."""
+  if isinstance(value, (jax.Array, np.ndarray)):
+    raise TypeError(
+        f"{name} must be a static Python int >= 1, got an array {value!r}; with "
+        f"optax.inject_hyperparams pass static_args=({name!r},)")
   if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
     raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
   if value < 1:
@@ -59,3 +64,58 @@ def one_of(name: str, value: Any, allowed: tuple) -> None:
   """Raises ValueError unless ``value`` is one of ``allowed``."""
   if value not in allowed:
     raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def non_negative_values(name: str, value: Any) -> None:
+  """Raises ValueError if a Python or NumPy ``value`` has an entry < 0 or NaN.
+
+  JAX arrays are not inspected: reading them would force a device sync in
+  eager code, and inside `jax.jit` they are tracers.
+  """
+  if isinstance(value, jax.Array) or not isinstance(value, (numbers.Real, np.ndarray, np.generic)):
+    return
+  arr = np.asarray(value, dtype=np.float64)
+  if np.any(np.isnan(arr)) or np.any(arr < 0):
+    raise ValueError(f"{name} must be >= 0 (and not NaN), got {value!r}")
+
+
+def boolean(name: str, value: Any) -> None:
+  """Raises TypeError unless ``value`` is a bool."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+
+
+def float_dtype(name: str, value: Any) -> None:
+  """Raises TypeError unless ``value`` is None or a real floating-point dtype."""
+  if value is None:
+    return
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise TypeError(f"{name} must be None or a floating dtype such as jnp.bfloat16, got {value!r}") from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{name} must be None or a real floating dtype (float16, bfloat16, float32, "
+                    f"float64), got {dtype.name}")
+
+
+def matmul_precision(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is a precision `jnp.matmul` accepts."""
+  if value is None:
+    return
+  x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
+  try:
+    jax.eval_shape(lambda a: jnp.matmul(a, a, precision=value), x)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must be a precision jnp.matmul accepts, got {value!r}: {e}") from e
+
+
+def bool_tree(name: str, value: Any) -> None:
+  """Raises TypeError unless ``value`` is None, a callable or a tree of bools."""
+  if value is None or callable(value):
+    return
+  for leaf in jax.tree.leaves(value):
+    if not isinstance(leaf, (bool, np.bool_)) and not (
+        isinstance(leaf, (np.ndarray, jax.Array)) and leaf.dtype == np.bool_ and leaf.ndim == 0):
+      raise TypeError(
+          f"{name} must be None, a callable or a tree of bools like the params, "
+          f"found a leaf {leaf!r} ({type(leaf).__name__})")

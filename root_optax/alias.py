@@ -46,10 +46,29 @@ def _root_branch_dimension_numbers(weight_dimension_numbers):
 
 def _labels_fn(param_labels, weight_dimension_numbers):
   if param_labels is not None:
-    return lambda params: labels_lib.resolve_labels(param_labels, params)
-  if weight_dimension_numbers is not None:
-    return lambda params: labels_lib.labels_from_dimension_numbers(weight_dimension_numbers, params)
-  return labels_lib.default_labels
+    labels_of = lambda params: labels_lib.resolve_labels(param_labels, params)
+  elif weight_dimension_numbers is not None:
+    labels_of = lambda params: labels_lib.labels_from_dimension_numbers(weight_dimension_numbers, params)
+  else:
+    labels_of = labels_lib.default_labels
+
+  def labels_fn(params):
+    labels = labels_of(params)
+    _check_real_root_leaves(params, labels)
+    return labels
+  return labels_fn
+
+
+def _check_real_root_leaves(params, labels) -> None:
+  """ROOT's clip and Newton-Schulz are defined for real matrices only."""
+  labelled, treedef = jax.tree_util.tree_flatten_with_path(labels)
+  for (path, label), sub in zip(labelled, treedef.flatten_up_to(params)):
+    complex_leaves = [p for p in jax.tree.leaves(sub) if jax.numpy.iscomplexobj(p)]
+    if label == labels_lib.ROOT and complex_leaves:
+      raise TypeError(
+          f"parameter {jax.tree_util.keystr(path)} has complex dtype {complex_leaves[0].dtype}; ROOT "
+          f"leaves must be real (the outlier clip needs an order, Newton-Schulz a "
+          f"real Gram matrix). Label it {labels_lib.ADAM!r} with param_labels.")
 
 
 def _branch_mask(mask: MaskOrFn):
@@ -135,6 +154,12 @@ def root(
     An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
     AdamW.
 
+  Raises:
+    ValueError, TypeError: When built, for an argument outside its allowed
+      range or of the wrong type; the message names the argument, the value
+      and what is allowed. At ``init``, TypeError for a complex leaf labelled
+      ``'root'`` (label it ``'adam'``: AdamW handles complex parameters).
+
   References:
     He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
     Training <https://arxiv.org/abs/2511.20626>`_, 2025.
@@ -142,6 +167,18 @@ def root(
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
+  _validation.at_least("learning_rate", learning_rate, 0.0)
+  if adam_learning_rate is not None:
+    _validation.at_least("adam_learning_rate", adam_learning_rate, 0.0)
+  # Checked here too so that errors name root()'s arguments, not the inner ones.
+  _validation.in_range("momentum", momentum, 0.0, 1.0, high_open=True)
+  _validation.one_of("threshold_method", threshold_method, outliers.METHODS)
+  _validation.one_of("scaling", scaling, scaling_lib.MODES)
+  _validation.float_dtype("compute_dtype", compute_dtype)
+  _validation.float_dtype("mu_dtype", mu_dtype)
+  _validation.bool_tree("weight_decay_mask", weight_decay_mask)
+  if param_labels is not None and not callable(param_labels):
+    labels_lib.resolve_labels(param_labels, None)
   _validation.at_least("weight_decay", weight_decay, 0.0)
   if adam_weight_decay is not None:
     _validation.at_least("adam_weight_decay", adam_weight_decay, 0.0)

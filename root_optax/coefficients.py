@@ -21,6 +21,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from root_optax import _validation
+
 ShapeKey = tuple[int, int]
 
 _DATA_PACKAGE = "root_optax.data"
@@ -50,6 +52,14 @@ class CoefficientTable:
   shapes: Mapping[ShapeKey, np.ndarray]
   normalization: str = "frobenius"
   source: str = ""
+
+  def __post_init__(self):
+    # Tables built directly (not by `load_coefficients`) get the same checks.
+    where = f"coefficients[{self.name!r}]"
+    shapes = {shape_key(k): as_coefficient_array(v, f"{where}[{k}]") for k, v in self.shapes.items()}
+    object.__setattr__(self, "default", as_coefficient_array(self.default, f"{where}['default']"))
+    object.__setattr__(self, "shapes", shapes)
+    validate_normalization(self.normalization)
 
   def lookup(self, key: ShapeKey) -> tuple[np.ndarray, bool]:
     """Returns ``(coefficients, found)`` for a ``(min, max)`` shape key."""
@@ -119,14 +129,20 @@ def preset_names() -> tuple[str, ...]:
 
 
 def _read_presets() -> dict[str, Any]:
-  text = resources.files(_DATA_PACKAGE).joinpath(_PRESET_FILE).read_text()
-  presets = json.loads(text)
-  extra_dir = resources.files(_DATA_PACKAGE)
-  for entry in extra_dir.iterdir():
+  data_dir = resources.files(_DATA_PACKAGE)
+  presets = _parse_preset_file(data_dir.joinpath(_PRESET_FILE))
+  for entry in data_dir.iterdir():
     name = entry.name
     if name.startswith("preset_") and name.endswith(".json"):
-      presets[name[len("preset_"):-len(".json")]] = json.loads(entry.read_text())
+      presets[name[len("preset_"):-len(".json")]] = _parse_preset_file(entry)
   return presets
+
+
+def _parse_preset_file(entry) -> Any:
+  try:
+    return json.loads(entry.read_text())
+  except ValueError as e:
+    raise ValueError(f"shipped coefficients file {entry.name!r} does not parse: {e}") from e
 
 
 def _read_table_file(path: str) -> Any:
@@ -218,6 +234,7 @@ def steps_schedule(coeffs: np.ndarray, ns_steps: int, where: str = "coefficients
   ``ns_steps`` repeats its last triple; a longer one is an error (truncating a
   schedule fitted for T steps would drop its converging tail).
   """
+  _validation.positive_int("ns_steps", ns_steps)
   coeffs = as_coefficient_array(coeffs, where)
   if coeffs.shape[0] > ns_steps:
     raise ValueError(
@@ -260,6 +277,10 @@ def polynomial_envelope(
   normalisation both guarantee it), so this bounds what T steps can do to any
   input spectrum, not only the one the coefficients were fitted on.
   """
+  _validation.positive_int("num_points", num_points)
+  if num_points < 2:
+    raise ValueError(f"num_points must be >= 2, got {num_points}")
+  _validation.in_range("min_input", min_input, 0.0, 1.0)
   x = np.linspace(0.0, 1.0, num_points)
   y = np.abs(composed_polynomial(coeffs, x, ns_steps))
   i = int(np.argmax(y))
@@ -271,6 +292,7 @@ def unsafe_entries(
     table: CoefficientTable, ns_steps: int, max_gain: float = DEFAULT_MAX_GAIN,
 ) -> dict[str, Envelope]:
   """Entries of ``table`` whose composed polynomial exceeds ``max_gain`` on [0, 1]."""
+  _validation.at_least("max_gain", max_gain, 1.0)
   out = {}
   for key, coeffs in table.entries().items():
     if coeffs.shape[0] > ns_steps:

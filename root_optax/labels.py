@@ -52,6 +52,9 @@ def route_by_path(adam: Sequence[str] = ("embed", "lm_head", "head")) -> Callabl
   Returns:
     A callable from params to a tree of labels.
   """
+  # A bare string would be split into characters and match almost every path.
+  if isinstance(adam, str) or not all(isinstance(s, str) for s in tuple(adam)):
+    raise TypeError(f"adam must be a sequence of strings such as ('embed', 'lm_head'), got {adam!r}")
   adam = tuple(adam)
 
   def label(path, p):

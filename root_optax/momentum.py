@@ -41,4 +41,5 @@ def trace(
   _validation.in_range("decay", decay, 0.0, 1.0, high_open=True)
   if not isinstance(nesterov, bool):
     raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+  _validation.float_dtype("accumulator_dtype", accumulator_dtype)
   return optax.trace(decay=decay, nesterov=nesterov, accumulator_dtype=accumulator_dtype)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from root_optax import _validation
 from root_optax import coefficients as coefficients_lib
 
 _ACCUMULATION_DTYPE = jnp.float32
@@ -181,8 +182,9 @@ def newton_schulz(
   if x.ndim < 2:
     raise ValueError(f"newton_schulz needs a (..., m, n) array, got shape {x.shape}")
   coefficients_lib.validate_normalization(normalization)
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  _validation.at_least("eps", eps, 0.0)
+  _validation.float_dtype("compute_dtype", compute_dtype)
+  _validation.one_of("method", method, METHODS)
   rows = _coefficient_rows(coeffs)
   out_dtype = x.dtype
   dtype = compute_dtype or out_dtype

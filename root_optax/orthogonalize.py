@@ -70,7 +70,8 @@ def ada_newton_orthogonalize(
   orthogonalised in one batched computation, so the compiled step holds one
   Newton-Schulz loop per distinct shape, not per leaf. Unknown shapes use the
   table's default (Muon's triple for the shipped tables), with one warning per
-  shape. Non-matrix leaves pass through unchanged.
+  shape (none when the table has no shape entries, e.g. a single triple).
+  Non-matrix leaves pass through unchanged.
 
   Args:
     coefficients: A preset name (``'paper'``: Table 1 of the paper, the
@@ -102,6 +103,8 @@ def ada_newton_orthogonalize(
   normalization = coefficients_lib.validate_normalization(normalization or table.normalization)
   _validation.at_least("eps", eps, 0.0)
   _validation.at_least("max_gain", max_gain, 1.0)
+  _validation.float_dtype("compute_dtype", compute_dtype)
+  _validation.matmul_precision("precision", precision)
   dimensions.validate_spec(weight_dimension_numbers)
   for key, value in table.entries().items():
     coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
@@ -110,7 +113,8 @@ def ada_newton_orthogonalize(
 
   def coefficients_for(key):
     coeffs, found = table.lookup(key[:2])
-    if not found and key[:2] not in warned:
+    # A table without shape entries (one triple for all shapes) has nothing to miss.
+    if not found and table.shapes and key[:2] not in warned:
       warned.add(key[:2])
       warnings.warn(
           f"root_optax: no {table.name!r} coefficients for shape {key[0]}x{key[1]}; "

@@ -30,12 +30,14 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 def soft_threshold(m: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
   """The outlier part ``T_eps[m] = sign(m) * max(|m| - eps, 0)`` (paper Eq. 9)."""
+  _validation.non_negative_values("eps", eps)
   eps = jnp.asarray(eps, m.dtype)
   return jnp.sign(m) * jnp.maximum(jnp.abs(m) - eps, 0)
 
 
 def split_outliers(m: jax.Array, eps: jax.typing.ArrayLike) -> tuple[jax.Array, jax.Array]:
   """Returns ``(base, outliers)`` with ``base + outliers == m`` and ``|base| <= eps``."""
+  _validation.non_negative_values("eps", eps)
   eps = jnp.asarray(eps, m.dtype)
   base = jnp.clip(m, -eps, eps)
   return base, m - base
@@ -55,9 +57,17 @@ def exact_abs_quantile(m: jax.Array, quantile: jax.typing.ArrayLike) -> jax.Arra
   Returns:
     An array of shape ``m.shape[:-2]``, in at least float32.
   """
+  _check_quantile_args([m], quantile)
   a = _abs_float32(m)
   flat = a.reshape(a.shape[:-2] + (-1,))
   return jnp.quantile(flat, quantile, axis=-1, method="linear")
+
+
+def _check_quantile_args(ms, quantile) -> None:
+  _validation.in_range("quantile", quantile, 0.0, 1.0)
+  for m in ms:
+    if jnp.ndim(m) < 2:
+      raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
 
 
 def _count_le(b: jax.Array, v: jax.Array) -> jax.Array:
@@ -163,6 +173,7 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
+  _check_quantile_args(ms, quantile)
   bits, ranks, fracs = [], [], []
   for m in ms:
     a = _abs_float32(m).astype(jnp.float32)
@@ -209,6 +220,16 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax
   return out
 
 
+def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
+  """NaN where ``m`` is +-inf, as the reference's ``m - T_eps[m] = inf - inf``.
+
+  A clip would turn an infinite momentum entry into ``eps`` and the step
+  would look healthy while the momentum buffer stays infinite forever; a NaN
+  makes the step visibly non-finite (and skippable by `optax.apply_if_finite`).
+  """
+  return jnp.where(jnp.isinf(m), jnp.asarray(jnp.nan, base.dtype), base)
+
+
 class SoftThresholdState(NamedTuple):
   """State of `soft_threshold_outliers`.
 
@@ -236,7 +257,9 @@ def soft_threshold_outliers(
   ``threshold``). Entries beyond ``eps`` are the outliers ``T_eps[M]``; they
   are discarded so that heavy-tailed momentum entries cannot dominate the
   orthogonalised update (paper Sec. 4.3, Eq. 8-10). Leaves that are not
-  matrices (see ``weight_dimension_numbers``) pass through unchanged.
+  matrices (see ``weight_dimension_numbers``) pass through unchanged. An
+  infinite entry becomes NaN (the reference's ``m - T_eps[m] = inf - inf``),
+  so a non-finite momentum is never hidden by the clip.
 
   Args:
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
@@ -260,6 +283,7 @@ def soft_threshold_outliers(
     _validation.at_least("threshold", threshold, 0.0)
   _validation.one_of("method", method, METHODS)
   _validation.at_least("offset", offset, 0.0)
+  _validation.boolean("track_outliers", track_outliers)
   dimensions.validate_spec(weight_dimension_numbers)
 
   def init_fn(params):
@@ -282,6 +306,7 @@ def soft_threshold_outliers(
     fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
     for i, m, eps in zip(picked, mats, thresholds(mats)):
       base, outliers = split_outliers(m, eps[..., None, None])
+      base = _propagate_infinities(m, base)
       new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
       if track_outliers:
         fractions[i] = jnp.mean((outliers != 0).astype(jnp.float32))

@@ -156,9 +156,9 @@ def test_learning_rate_schedule():
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    ({"momentum": 1.0}, "decay"), ({"quantile": 0.0}, "quantile"), ({"weight_decay": -0.1}, "weight_decay"),
-    ({"adam_b2": 1.0}, "adam_b2"), ({"scaling": "l2"}, "mode"), ({"ns_steps": 0}, "ns_steps"),
-    ({"threshold_method": "sort"}, "method"), ({"adam_eps": 0.0}, "adam_eps"),
+    ({"momentum": 1.0}, "momentum"), ({"quantile": 0.0}, "quantile"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"adam_b2": 1.0}, "adam_b2"), ({"scaling": "l2"}, "scaling"), ({"ns_steps": 0}, "ns_steps"),
+    ({"threshold_method": "sort"}, "threshold_method"), ({"adam_eps": 0.0}, "adam_eps"),
     ({"coefficients": {"4x4": (1.0, 2.0)}}, "shape"),
 ])
 def test_invalid_hyperparameters(kwargs, name):
