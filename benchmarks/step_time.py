@@ -8,8 +8,8 @@ embeddings and non-matrix leaves to AdamW. ROOT adds its outlier threshold
 (``threshold_method``, default ``'fast'``). Timings alternate between the two
 optimizers in one process; the ratio is the median of the per-pair ratios.
 
-  python benchmarks/step_time.py            # gpt-12x768, gpt-48x256 (~3 min on 2 cores)
-  python benchmarks/step_time.py --quick    # small trees, ~30 s
+  python benchmarks/step_time.py            # gpt-12x768, gpt-48x256 (~6 min on a quiet 2-core CPU)
+  python benchmarks/step_time.py --quick    # small trees, ~1-2 min
   python benchmarks/step_time.py --trees all --json step.json
 """
 
