@@ -15,6 +15,7 @@ from root_optax import momentum as momentum_lib
 from root_optax import orthogonalize
 from root_optax import outliers
 from root_optax import scaling as scaling_lib
+from root_optax import sharding as sharding_lib
 
 MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
 
@@ -103,6 +104,7 @@ def root(
     adam_b2: float = 0.95,
     adam_eps: float = 1e-8,
     adam_weight_decay: Optional[float] = None,
+    sharding: sharding_lib.ShardingSpec = None,
 ) -> optax.GradientTransformation:
   r"""ROOT: Robust Orthogonalized Optimizer (He et al., 2025).
 
@@ -149,6 +151,10 @@ def root(
     adam_b2: AdamW's second-moment decay.
     adam_eps: AdamW's epsilon.
     adam_weight_decay: AdamW's weight decay (default: ``weight_decay``).
+    sharding: Multi-device Newton-Schulz: None (XLA's default partitioning),
+      ``'auto'`` or a `jax.sharding.Mesh` (each shape group split along its
+      stack axis over the mesh, whole matrices per device); see
+      `ada_newton_orthogonalize` and ``docs/sharding.md``.
 
   Returns:
     An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
@@ -190,11 +196,11 @@ def root(
   mask = _branch_mask(weight_decay_mask)
   root_chain = optax.chain(
       momentum_lib.trace(momentum, nesterov, mu_dtype),
-      outliers.soft_threshold_outliers(
-          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn),
+      sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
+          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn)),
       orthogonalize.ada_newton_orthogonalize(
           coefficients, ns_steps, normalization, eps, compute_dtype,
-          weight_dimension_numbers=dims_fn),
+          weight_dimension_numbers=dims_fn, sharding=sharding),
       scaling_lib.scale_by_shape(scaling, rms, weight_dimension_numbers=dims_fn),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),

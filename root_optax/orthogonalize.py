@@ -14,6 +14,7 @@ from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
 from root_optax import labels as labels_lib
 from root_optax import newton_schulz as ns_lib
+from root_optax import sharding as sharding_lib
 
 
 def _orient(m: jax.Array) -> jax.Array:
@@ -60,6 +61,7 @@ def ada_newton_orthogonalize(
     *,
     precision=None,
     max_gain: float = coefficients_lib.DEFAULT_MAX_GAIN,
+    sharding: sharding_lib.ShardingSpec = None,
 ) -> optax.GradientTransformation:
   r"""Orthogonalises each matrix with Newton-Schulz, coefficients chosen by shape.
 
@@ -90,6 +92,11 @@ def ada_newton_orthogonalize(
     precision: Matmul precision passed to `newton_schulz`.
     max_gain: Table entries whose composed polynomial exceeds this anywhere on
       [0, 1] are reported with a warning when the transform is built.
+    sharding: None: XLA partitions each stacked group as it likes. A
+      `jax.sharding.Mesh`, or ``'auto'`` (the mesh of the updates' shardings
+      or of `jax.set_mesh`; none: the plain path): each group is split along
+      its stack axis over all devices and orthogonalised whole matrix by
+      whole matrix; see `root_optax.sharding`.
 
   Returns:
     An `optax.GradientTransformation` with `optax.EmptyState`.
@@ -106,6 +113,7 @@ def ada_newton_orthogonalize(
   _validation.float_dtype("compute_dtype", compute_dtype)
   _validation.matmul_precision("precision", precision)
   dimensions.validate_spec(weight_dimension_numbers)
+  sharding_lib.validate_sharding(sharding)
   for key, value in table.entries().items():
     coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
   coefficients_lib.warn_if_unsafe(table, ns_steps, max_gain)
@@ -128,16 +136,20 @@ def ada_newton_orthogonalize(
         stack, coefficients_for(key), normalization=normalization, eps=eps,
         compute_dtype=compute_dtype, precision=precision)
 
+  def orthogonalize_all(mats, place):
+    stacks, plan = stack_groups(mats)
+    results = {key: place(lambda s, k=key: orthogonalize(s, k), stack) for key, stack in stacks.items()}
+    return unstack_groups(results, plan, mats)
+
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
     dims = dimensions.resolve(weight_dimension_numbers, updates)
     picked = [i for i, d in enumerate(dims) if d is not None]
     mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
-    stacks, plan = stack_groups(mats)
-    results = {key: orthogonalize(stack, key) for key, stack in stacks.items()}
+    outs = sharding_lib.map_groups(orthogonalize_all, mats, sharding)
     new_leaves = list(leaves)
-    for i, out in zip(picked, unstack_groups(results, plan, mats)):
+    for i, out in zip(picked, outs):
       new_leaves[i] = dimensions.from_matrices(out, leaves[i].shape, dims[i])
     return jax.tree.unflatten(treedef, new_leaves), state
 
