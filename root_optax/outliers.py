@@ -185,39 +185,16 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
   return [_interpolated(b, r, f, lo) for b, r, f, lo in zip(bits, ranks, fracs, lows)]
 
 
-def _stack_by_shape(ms: list[jax.Array]) -> tuple[list[jax.Array], list[list[int]]]:
-  """Concatenates ``(batch, rows, cols)`` arrays of one shape and dtype along the batch."""
-  groups: dict = {}
-  for i, m in enumerate(ms):
-    groups.setdefault((m.shape[-2:], jnp.dtype(m.dtype).name), []).append(i)
-  flat = lambda m: m.reshape((-1,) + m.shape[-2:])
-  stacks = [
-      flat(ms[idx[0]]) if len(idx) == 1 else jnp.concatenate([flat(ms[i]) for i in idx])
-      for idx in groups.values()]
-  return stacks, list(groups.values())
-
-
 def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax.Array]:
   """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches.
 
-  Matrices of one shape and dtype are stacked first, so the selection loop
-  holds one count per distinct shape rather than one per leaf: on CPU this
-  cuts the compile time of a 64-leaf step's threshold about 5x (XLA compiles
-  each distinct kernel separately).
+  Leaves are not concatenated: a concatenation of differently sharded
+  matrices would all-gather them, while the per-leaf counts only reduce
+  scalars across devices.
   """
-  stacks, members = _stack_by_shape(ms)
   if method == EXACT:
-    values = [exact_abs_quantile(m, quantile) for m in stacks]
-  else:
-    values = fast_abs_quantiles(stacks, quantile)
-  out = [None] * len(ms)
-  for value, idx in zip(values, members):
-    start = 0
-    for i in idx:
-      size = math.prod(ms[i].shape[:-2])
-      out[i] = value[start:start + size].reshape(ms[i].shape[:-2])
-      start += size
-  return out
+    return [exact_abs_quantile(m, quantile) for m in ms]
+  return fast_abs_quantiles(ms, quantile)
 
 
 def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
