@@ -19,6 +19,10 @@ from root_optax import _validation
 from root_optax import coefficients as coefficients_lib
 
 _ACCUMULATION_DTYPE = jnp.float32
+STANDARD = "standard"
+GRAM = "gram"
+AUTO = "auto"
+METHODS = (AUTO, STANDARD, GRAM)
 
 
 def _coefficient_rows(coeffs) -> list[tuple]:
@@ -74,6 +78,69 @@ _FIRST_STEP_RESCALE = {
 }
 
 
+def ns_flops(rows: int, cols: int, steps: int, method: str = STANDARD) -> int:
+  """Matmul FLOPs (2 per multiply-add) of one ``rows x cols`` Newton-Schulz.
+
+  With ``n = min(rows, cols)``, ``m = max(rows, cols)`` and ``T`` steps:
+  ``'standard'`` costs ``T (4 n^2 m + 2 n^3)``; ``'gram'`` forms ``X X^T``
+  once, iterates on ``n x n`` matrices (``4T - 3`` products) and applies the
+  accumulated polynomial once: ``4 n^2 m + 2 n^3 (4T - 3)``.
+  """
+  n, m = min(rows, cols), max(rows, cols)
+  if method == GRAM:
+    return 4 * n * n * m + 2 * n ** 3 * (4 * steps - 3)
+  return steps * (4 * n * n * m + 2 * n ** 3)
+
+
+def resolve_method(method: str, rows: int, cols: int, steps: int, dtype) -> str:
+  """``'auto'``: Gram Newton-Schulz where it needs fewer FLOPs, in float32 or wider.
+
+  The Gram form accumulates a polynomial of ``X X^T`` whose rounding errors are
+  amplified by its large gain near 0, so low-precision iterations (bf16) keep
+  the standard form.
+  """
+  if method != AUTO:
+    return method
+  if jnp.dtype(dtype).itemsize < 4:
+    return STANDARD
+  cheaper = ns_flops(rows, cols, steps, GRAM) < ns_flops(rows, cols, steps, STANDARD)
+  return GRAM if cheaper else STANDARD
+
+
+def _standard_iteration(x, rows, rescale, eps, precision):
+  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, T times."""
+  for step, (a, b, c) in enumerate(rows):
+    gram = _matmul_t(x, x, precision)
+    if step == 0 and rescale is not None:
+      x, gram = rescale(x, gram, eps)
+    poly = b * gram + c * jnp.matmul(gram, gram, precision=precision)
+    x = a * x + jnp.matmul(poly, x, precision=precision)
+  return x
+
+
+def _gram_iteration(x, rows, rescale, eps, precision):
+  """The same map on the small Gram matrix: ``X_T = Q X_0``, ``Q = prod P_t``.
+
+  ``P_t = a I + b R_t + c R_t^2`` and ``R_{t+1} = P_t R_t P_t``: every ``P_t``
+  is a polynomial in ``R_0 = X_0 X_0^T``, so the products commute and equal
+  the standard iteration in exact arithmetic (Gram Newton-Schulz).
+  """
+  gram = _matmul_t(x, x, precision)
+  if rescale is not None:
+    x, gram = rescale(x, gram, eps)
+  eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
+  acc = None
+  for step, (a, b, c) in enumerate(rows):
+    poly = a * eye + b * gram + c * jnp.matmul(gram, gram, precision=precision)
+    acc = poly if acc is None else jnp.matmul(poly, acc, precision=precision)
+    if step < len(rows) - 1:
+      gram = jnp.matmul(poly, jnp.matmul(gram, poly, precision=precision), precision=precision)
+  return jnp.matmul(acc, x, precision=precision)
+
+
+_ITERATIONS = {STANDARD: _standard_iteration, GRAM: _gram_iteration}
+
+
 def newton_schulz(
     x: jax.Array,
     coeffs,
@@ -82,6 +149,7 @@ def newton_schulz(
     eps: float = 1e-7,
     compute_dtype=None,
     precision=None,
+    method: str = AUTO,
 ) -> jax.Array:
   r"""Approximately orthogonalises each matrix of ``x`` with Newton-Schulz.
 
@@ -99,6 +167,10 @@ def newton_schulz(
     compute_dtype: dtype of the iteration (default: ``x.dtype``); the
       normalisation is always accumulated in at least float32.
     precision: Passed to the matmuls (e.g. ``jax.lax.Precision.HIGHEST``).
+    method: ``'standard'`` (iterate on ``X``), ``'gram'`` (iterate on
+      ``X X^T`` and apply the product of the step polynomials once; the same
+      map, fewer FLOPs when ``max(m, n) > 1.5 min(m, n)``; see `ns_flops`), or
+      ``'auto'`` (the cheaper of the two; standard in sub-float32 dtypes).
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -112,19 +184,16 @@ def newton_schulz(
   coefficients_lib.validate_normalization(normalization)
   _validation.at_least("eps", eps, 0.0)
   _validation.float_dtype("compute_dtype", compute_dtype)
+  _validation.one_of("method", method, METHODS)
   rows = _coefficient_rows(coeffs)
   out_dtype = x.dtype
+  dtype = compute_dtype or out_dtype
+  method = resolve_method(method, x.shape[-2], x.shape[-1], len(rows), dtype)
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
-  x = frobenius_normalize(x, eps).astype(compute_dtype or out_dtype)
-  rescale = _FIRST_STEP_RESCALE[normalization]
-  for step, (a, b, c) in enumerate(rows):
-    gram = _matmul_t(x, x, precision)
-    if step == 0 and rescale is not None:
-      x, gram = rescale(x, gram, eps)
-    poly = b * gram + c * jnp.matmul(gram, gram, precision=precision)
-    x = a * x + jnp.matmul(poly, x, precision=precision)
+  x = frobenius_normalize(x, eps).astype(dtype)
+  x = _ITERATIONS[method](x, rows, _FIRST_STEP_RESCALE[normalization], eps, precision)
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
   return x.astype(out_dtype)

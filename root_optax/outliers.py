@@ -25,7 +25,6 @@ METHODS = (EXACT, FAST)
 REFERENCE_OFFSET = 1e-9  # the reference script adds this to the quantile
 _MATRIX_AXES = (-2, -1)
 # |x| as float32 bits: non-negative floats order like their int32 patterns.
-_BISECTION_STEPS = 31
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
@@ -71,27 +70,74 @@ def _check_quantile_args(ms, quantile) -> None:
       raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
 
 
-def _order_statistics(bits: list[jax.Array], ranks: list[jax.Array]) -> list[jax.Array]:
-  """The ``rank``-th smallest value (0-based) of each array, by bisection.
+def _count_le(b: jax.Array, v: jax.Array) -> jax.Array:
+  return jnp.sum(b <= v[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
 
-  All arrays share one loop of 31 passes; each pass is one comparison and one
-  count per matrix, so no sort is needed and a sharded matrix only reduces
-  scalars across devices. Invariant: ``count(x <= lo) <= rank < count(x <= hi)``.
+
+def _next_probe(lo, hi, c_lo, c_hi, rank, bisect):
+  """Interpolates the count ``rank + 1/2`` between the bracket ends (or bisects).
+
+  Float bit patterns grow like ``log |x|``, so the empirical CDF over bit
+  patterns is smooth and interpolation (regula falsi) lands within a few
+  entries of the target rank in a handful of passes; a step that did not
+  halve the bracket is followed by a bisection step, so the worst case stays
+  about twice the 31 passes of plain bisection.
   """
-  def count_le(b, v):
-    return jnp.sum(b <= v[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
+  width = (hi - lo).astype(jnp.float32)
+  share = (rank.astype(jnp.float32) + 0.5 - c_lo) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+  guess = lo + jnp.round(width * share).astype(jnp.int32)
+  mid = lo + (hi - lo) // 2
+  return jnp.clip(jnp.where(bisect, mid, guess), lo + 1, hi - 1)
 
-  def body(_, bounds):
+
+def _order_statistics(bits: list[jax.Array], ranks: list[jax.Array]) -> list[jax.Array]:
+  """The ``rank``-th smallest value (0-based) of each array, without a sort.
+
+  One loop shared by all arrays; each pass is one comparison and one count
+  per matrix (a sharded matrix only reduces scalars across devices).
+  Invariant: ``c_lo = count(x <= lo) <= rank < count(x <= hi) = c_hi``. The
+  loop stops once no entry other than the answer can lie in ``(lo, hi]``
+  below it (``c_lo == rank``: the answer is the smallest entry above ``lo``)
+  or above it (``c_hi == rank + 1``: the largest entry up to ``hi``).
+  """
+  def finished(c):
+    lo, hi, c_lo, c_hi, _, r = c
+    return (c_lo == r) | (c_hi == r + 1) | (hi - lo <= 1)
+
+  def body(carry):
     new = []
-    for b, r, (lo, hi) in zip(bits, ranks, bounds):
-      mid = lo + (hi - lo) // 2
-      enough = count_le(b, mid) > r
-      new.append((jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)))
+    for b, c in zip(bits, carry):
+      lo, hi, c_lo, c_hi, bisect, r = c
+      probe = _next_probe(lo, hi, c_lo, c_hi, r, bisect)
+      count = _count_le(b, probe)
+      above = count > r
+      width = hi - lo
+      lo2, c_lo2 = jnp.where(above, lo, probe), jnp.where(above, c_lo, count)
+      hi2, c_hi2 = jnp.where(above, probe, hi), jnp.where(above, count, c_hi)
+      shrunk = 2 * (hi2 - lo2) <= width
+      done = finished(c)
+      pick = lambda old, upd: jnp.where(done, old, upd)
+      new.append((pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
+                  pick(bisect, ~shrunk & ~bisect), r))
     return new
 
-  init = [(jnp.full(b.shape[:-2], -1, jnp.int32), jnp.max(b, axis=_MATRIX_AXES)) for b in bits]
-  bounds = jax.lax.fori_loop(0, _BISECTION_STEPS, body, init)
-  return [hi for _, hi in bounds]
+  def cond(carry):
+    return jnp.any(jnp.stack([jnp.any(~finished(c)) for c in carry]))
+
+  init = []
+  for b, r in zip(bits, ranks):
+    batch = b.shape[:-2]
+    n = b.shape[-2] * b.shape[-1]
+    init.append((jnp.full(batch, -1, jnp.int32), jnp.max(b, axis=_MATRIX_AXES),
+                 jnp.zeros(batch, jnp.int32), jnp.full(batch, n, jnp.int32),
+                 jnp.zeros(batch, bool), jnp.broadcast_to(r, batch)))
+  final = jax.lax.while_loop(cond, body, init)
+  out = []
+  for b, (lo, hi, c_lo, c_hi, _, r) in zip(bits, final):
+    above_lo = jnp.min(jnp.where(b > lo[..., None, None], b, _INT32_MAX), axis=_MATRIX_AXES)
+    upto_hi = jnp.max(jnp.where(b <= hi[..., None, None], b, -1), axis=_MATRIX_AXES)
+    out.append(jnp.where(c_lo == r, above_lo, jnp.where(c_hi == r + 1, upto_hi, hi)))
+  return out
 
 
 def _interpolated(bits, rank, frac, low):
@@ -118,9 +164,10 @@ def _rank_and_fraction(quantile, n: int):
 def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
   """``quantile(|m|, p)`` over the last two axes of each ``m``, without a sort.
 
-  Finds the two order statistics around ``p (n - 1)`` exactly by bisection on
-  the float32 bit patterns of ``|m|`` (31 counting passes shared by all
-  matrices), then interpolates linearly: the same value as `exact_abs_quantile`
+  Finds the two order statistics around ``p (n - 1)`` exactly by a safeguarded
+  interpolation search on the float32 bit patterns of ``|m|`` (counting
+  passes shared by all matrices: about 6-10 for continuous data, at most
+  about 62), then interpolates linearly: the same value as `exact_abs_quantile`
   up to float rounding (rank error 0).
 
   Returns:
@@ -139,7 +186,12 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
 
 
 def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax.Array]:
-  """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches."""
+  """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches.
+
+  Leaves are not concatenated: a concatenation of differently sharded
+  matrices would all-gather them, while the per-leaf counts only reduce
+  scalars across devices.
+  """
   if method == EXACT:
     return [exact_abs_quantile(m, quantile) for m in ms]
   return fast_abs_quantiles(ms, quantile)

@@ -104,3 +104,30 @@ def test_rejects_vectors_and_bad_normalization():
     root_optax.newton_schulz(jnp.ones(3), MUON5)
   with pytest.raises(ValueError, match="normalization"):
     root_optax.newton_schulz(jnp.ones((3, 3)), MUON5, normalization="spectral")
+
+
+@pytest.mark.parametrize("shape", [(1, 9), (6, 20), (20, 6), (8, 8), (2, 5, 17)])
+@pytest.mark.parametrize("normalization", ["frobenius", "schatten4", "aol"])
+def test_gram_form_equals_standard_form(shape, normalization):
+  x = jnp.asarray(np.random.default_rng(9).standard_t(3, size=shape), jnp.float32)
+  kw = {"normalization": normalization}
+  gram = root_optax.newton_schulz(x, MUON5, method="gram", **kw)
+  standard = root_optax.newton_schulz(x, MUON5, method="standard", **kw)
+  np.testing.assert_allclose(gram, standard, rtol=1e-4, atol=2e-5)
+  if normalization == "frobenius" and len(shape) == 2:
+    np.testing.assert_allclose(gram, _reference.newton_schulz(np.asarray(x, np.float64), MUON5), rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("method", ["gram", "auto"])
+def test_gram_form_zero_rows_and_rank_one(method):
+  x = np.zeros((4, 24), np.float32)
+  np.testing.assert_array_equal(root_optax.newton_schulz(jnp.asarray(x), MUON5, method=method), 0.0)
+  x[1] = np.random.default_rng(10).normal(size=24)
+  out = np.asarray(root_optax.newton_schulz(jnp.asarray(x), MUON5, method=method))
+  np.testing.assert_array_equal(out[[0, 2, 3]], 0.0)
+  np.testing.assert_allclose(out, _reference.newton_schulz(x.astype(np.float64), MUON5), rtol=1e-4, atol=1e-5)
+
+
+def test_rejects_unknown_method():
+  with pytest.raises(ValueError, match="method"):
+    root_optax.newton_schulz(jnp.ones((3, 3)), MUON5, method="fastest")

@@ -129,3 +129,21 @@ def test_fast_method_uses_no_sort():
   jaxpr = str(jax.make_jaxpr(lambda x: outliers.fast_abs_quantiles([x], 0.9))(m))
   assert "sort" not in jaxpr
   assert "sort" in str(jax.make_jaxpr(lambda x: outliers.exact_abs_quantile(x, 0.9))(m))
+
+
+def test_same_shape_leaves_get_their_own_thresholds():
+  """Leaves are stacked by shape for the selection; each keeps its own quantile."""
+  rng = np.random.default_rng(4)
+  tree = {f"w{i}": (rng.standard_t(3, size=(6, 9)) * 10.0**i).astype(np.float32) for i in range(3)}
+  tree["v"] = rng.normal(size=(2, 6, 9)).astype(np.float32)
+  dims = {k: None if k != "v" else root_optax.DimensionNumbers(1, 2) for k in tree}
+  dims.update({f"w{i}": root_optax.DimensionNumbers(0, 1) for i in range(3)})
+  for method in ("fast", "exact"):
+    tx = root_optax.soft_threshold_outliers(0.9, method=method, weight_dimension_numbers=dims)
+    out, _ = tx.update(tree, tx.init(tree))
+    for i in range(3):
+      m = tree[f"w{i}"].astype(np.float64)
+      np.testing.assert_allclose(out[f"w{i}"], _reference.clip_outliers(m, _reference.threshold(m)), rtol=1e-6)
+    for k in range(2):
+      m = tree["v"][k].astype(np.float64)
+      np.testing.assert_allclose(out["v"][k], _reference.clip_outliers(m, _reference.threshold(m)), rtol=1e-6)

@@ -1,0 +1,77 @@
+"""Outlier-threshold cost: 'exact' (sort) vs 'fast' (bisection) vs the Newton-Schulz time.
+
+Per matrix shape: the jitted p = 0.90 quantile of ``|M|`` by each method, one
+5-step Newton-Schulz of the same matrix (``root_optax.newton_schulz``, its
+default method), their ratio, and the fast method's error against a float64
+``numpy.quantile``: the rank error (how many entries lie between the two
+values) and the relative value error. Runs alternate between the three.
+
+  python benchmarks/threshold.py            # shapes 256x256 .. 1024x4096 (~1 min)
+  python benchmarks/threshold.py --quick
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import _harness
+import root_optax
+
+MUON5 = [(3.4445, -4.7750, 2.0315)] * 5
+SHAPES = [(256, 256), (256, 1024), (512, 512), (512, 2048), (768, 768), (768, 3072), (1024, 1024),
+          (1024, 4096)]
+QUICK = [(128, 128), (256, 256), (256, 1024), (512, 512)]
+QUANTILE = 0.90
+
+
+def rank_error(m: np.ndarray, value: float, reference: float) -> int:
+  """Number of entries of ``|m|`` strictly between ``value`` and ``reference``."""
+  a = np.abs(m.astype(np.float64)).ravel()
+  lo, hi = sorted((float(value), float(reference)))
+  return int(np.count_nonzero((a > lo) & (a < hi)))
+
+
+def bench_shape(shape, args, seed=0) -> dict:
+  m_np = np.random.default_rng(seed).standard_t(3, size=shape).astype(np.float32)
+  m = jnp.asarray(m_np)
+  exact = jax.jit(lambda x: root_optax.exact_abs_quantile(x, QUANTILE))
+  fast = jax.jit(lambda x: root_optax.fast_abs_quantiles([x], QUANTILE)[0])
+  ns = jax.jit(lambda x: root_optax.newton_schulz(x, MUON5))
+  fns = {"exact": lambda: exact(m), "fast": lambda: fast(m), "ns": lambda: ns(m)}
+  for fn in fns.values():
+    _harness.block(fn())
+  times = _harness.interleaved(fns, args.repeats)
+  reference = float(np.quantile(np.abs(m_np.astype(np.float64)), QUANTILE))
+  value = float(fast(m))
+  return {
+      "shape": f"{shape[0]}x{shape[1]}",
+      "exact_ms": 1e3 * _harness.median(times["exact"]),
+      "fast_ms": 1e3 * _harness.median(times["fast"]),
+      "ns_ms": 1e3 * _harness.median(times["ns"]),
+      "fast_over_ns_pct": 100 * _harness.paired_ratio(times["fast"], times["ns"]),
+      "exact_over_ns_pct": 100 * _harness.paired_ratio(times["exact"], times["ns"]),
+      "fast_rank_error": rank_error(m_np, value, reference),
+      "fast_rel_error": abs(value - reference) / reference,
+      "exact_rel_error": abs(float(exact(m)) - reference) / reference,
+      "times": times,
+  }
+
+
+def main():
+  p = _harness.parser(__doc__.splitlines()[0], repeats=5)
+  args = p.parse_args()
+  results = []
+  for shape in QUICK if args.quick else SHAPES:
+    results.append(bench_shape(shape, args))
+    print(f"{results[-1]['shape']}: fast {results[-1]['fast_over_ns_pct']:.2f}% of NS", flush=True)
+  _harness.print_table(results, [
+      "shape", "exact_ms", "fast_ms", "ns_ms", "exact_over_ns_pct", "fast_over_ns_pct",
+      "fast_rank_error", "fast_rel_error", "exact_rel_error"],
+      f"p={QUANTILE} quantile of |M| vs one 5-step Newton-Schulz, median of {args.repeats}")
+  _harness.write_json(args.json, "threshold", args, results)
+
+
+if __name__ == "__main__":
+  main()

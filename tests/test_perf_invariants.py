@@ -1,0 +1,123 @@
+"""Structural performance invariants of the ROOT step (no timing assertions).
+
+Checked on the traced program: the state kept between steps, the number of
+Newton-Schulz matmuls (one batched iteration per distinct shape, not per
+leaf), the absence of a sort in the default threshold, and the FLOP count
+that the benchmarks report (`ns_flops`) against the matmuls actually traced.
+"""
+
+import importlib
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import root_optax
+
+ns_lib = importlib.import_module("root_optax.newton_schulz")
+
+# Two blocks of a small GPT: 3 distinct (min, max) shapes over 8 matrices.
+D = 16
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  block = lambda: {"qkv": (D, 3 * D), "proj": (D, D), "fc": (D, 4 * D), "out": (4 * D, D), "ln": (D,)}
+  tree = {f"h{i}": block() for i in range(2)}
+  tree["wte"] = (40, D)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), tree,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _root(**kwargs):
+  # 'muon': one triple for every shape (the table has no shape entries).
+  warnings.filterwarnings("ignore", message="root_optax: no 'muon' coefficients")
+  return root_optax.root(1e-3, param_labels=root_optax.route_by_path(("wte",)),
+                         coefficients="muon", **kwargs)
+
+
+def _update_jaxpr(tx, params):
+  state = tx.init(params)
+  return jax.make_jaxpr(lambda g, s: tx.update(g, s, params))(params, state)
+
+
+def _eqns(jaxpr, times=1):
+  """``(equation, executions)`` for all equations, recursing into sub-jaxprs.
+
+  A ``scan`` body runs ``length`` times; other sub-jaxprs count once.
+  """
+  for eqn in jaxpr.eqns:
+    yield eqn, times
+    inner_times = times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _eqns(inner, inner_times)
+
+
+def _dot_flops(jaxpr) -> list[int]:
+  flops = []
+  for eqn, times in _eqns(jaxpr.jaxpr):
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      k = math.prod(lhs[d] for d in contract)
+      flops.extend([2 * k * math.prod(eqn.outvars[0].aval.shape)] * times)
+  return flops
+
+
+def test_state_is_one_momentum_buffer_per_root_leaf():
+  params = _params()
+  state = _root().init(params)
+  root_state = state.inner_states["root"].inner_state
+  arrays = [x for x in jax.tree.leaves(root_state) if hasattr(x, "shape")]
+  expected = sorted(p.shape for p in jax.tree.leaves(params) if p.ndim == 2 and p.shape != (40, D))
+  assert sorted(x.shape for x in arrays) == expected
+  assert all(x.dtype == jnp.float32 for x in arrays)
+
+
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_one_newton_schulz_per_shape_not_per_leaf(method):
+  jaxpr = _update_jaxpr(_root(threshold_method=method), _params())
+  dots = len(_dot_flops(jaxpr))
+  steps = 5
+  # (D, 3D) and (D, 4D) groups take the Gram form, (D, D) the standard one.
+  expected = 2 * (4 * steps - 1) + 3 * steps
+  assert dots == expected, (dots, expected)
+
+
+def test_default_threshold_has_no_sort():
+  params = _params()
+  names = lambda tx: {e.primitive.name for e, _ in _eqns(_update_jaxpr(tx, params).jaxpr)}
+  assert "sort" not in names(_root())
+  assert "sort" in names(_root(threshold_method="exact"))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 24), (24, 8), (8, 32), (3, 5, 40)])
+@pytest.mark.parametrize("method", ["standard", "gram"])
+def test_ns_flops_matches_traced_matmuls(shape, method):
+  coeffs = [(3.4445, -4.7750, 2.0315)] * 5
+  jaxpr = jax.make_jaxpr(lambda x: ns_lib.newton_schulz(x, coeffs, method=method))(jnp.ones(shape))
+  batch = math.prod(shape[:-2])
+  assert sum(_dot_flops(jaxpr)) == batch * ns_lib.ns_flops(shape[-2], shape[-1], 5, method)
+
+
+def test_auto_method_picks_the_cheaper_form():
+  assert ns_lib.resolve_method("auto", 768, 3072, 5, jnp.float32) == "gram"
+  assert ns_lib.resolve_method("auto", 3072, 768, 5, jnp.float32) == "gram"
+  assert ns_lib.resolve_method("auto", 768, 768, 5, jnp.float32) == "standard"
+  assert ns_lib.resolve_method("auto", 768, 3072, 5, jnp.bfloat16) == "standard"
+  assert ns_lib.ns_flops(768, 3072, 5, "gram") < 0.6 * ns_lib.ns_flops(768, 3072, 5, "standard")
+
+
+def test_optax_muon_does_the_standard_flops():
+  """The baseline of the benchmarks: optax's Muon traces the standard count."""
+  x = jnp.ones((16, 48))
+  jaxpr = jax.make_jaxpr(lambda v: optax.contrib._muon.orthogonalize_via_newton_schulz(
+      v, jnp.asarray((3.4445, -4.7750, 2.0315)), 5))(x)
+  assert sum(_dot_flops(jaxpr)) == ns_lib.ns_flops(16, 48, 5, "standard")
