@@ -57,7 +57,7 @@ def test_split_is_exact_and_bounded(m, eps):
   np.testing.assert_allclose(base, _reference.clip_outliers(m.astype(np.float64), eps), rtol=1e-6, atol=1e-3)
 
 
-@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**31 - 1),
     shape=st.tuples(st.integers(4, 40), st.integers(4, 40)),
