@@ -3,7 +3,7 @@
 Each optimizer trains three times from the same start: on clean gradients, with
 'spikes' (each gradient entry multiplied by 100 with probability 1e-3, i.e. ~65
 huge entries in a 128x512 matrix every step), and with additive Student-t noise
-(df = 1.5, so infinite variance; scale 0.5 x each leaf's gradient RMS). The
+(df = 2, so infinite variance; scale 0.5 x each leaf's gradient RMS). The
 loss is always measured on clean data; the corruption is applied to the
 gradients the optimizer receives, with the same pattern for every optimizer.
 Regenerate with::

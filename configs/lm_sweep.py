@@ -1,7 +1,7 @@
 """Learning-rate sweep behind the rates in ``configs/lm.py``.
 
 Each optimizer family (AdamW, optax Muon, ROOT with its defaults) is trained on
-a 3-point grid around its usual rate, at half the main horizon (150 steps, the
+a grid of 4-5 rates around its usual rate, at half the main horizon (150 steps, the
 same model, data and schedule shape), and the rate with the lowest final
 validation loss is copied into ``configs/lm.py``'s ``LR``. The ROOT ablations
 reuse ROOT's rate. Regenerate with::
@@ -15,9 +15,10 @@ from configs import lm
 from configs._runs import run
 
 GRID = {
-    "adamw": (1e-3, 3e-3, 1e-2, 3e-2),  # 3e-2 added: 1e-2 was the grid's edge
-    "muon": (3e-3, 1e-2, 3e-2),
-    "root": (3e-3, 1e-2, 3e-2),
+    # 3e-4 added (and 1e-1 for Muon and ROOT): the first grid's best rates were at its edges.
+    "adamw": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
+    "muon": (3e-3, 1e-2, 3e-2, 1e-1),
+    "root": (3e-3, 1e-2, 3e-2, 1e-1),
 }
 
 

@@ -70,84 +70,228 @@ def _check_quantile_args(ms, quantile) -> None:
       raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
 
 
-def _count_le(b: jax.Array, v: jax.Array) -> jax.Array:
-  return jnp.sum(b <= v[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
+_SAMPLE = 1024  # entries per matrix sampled to bracket the quantile before counting
+_SAMPLE_SIGMAS = 4.0  # bracket half-width, in standard deviations of the sample rank
+_EXACT_FLOAT_COUNT = 2**24  # float32 counts integers exactly up to here
 
 
-def _next_probe(lo, hi, c_lo, c_hi, rank, bisect):
-  """Interpolates the count ``rank + 1/2`` between the bracket ends (or bisects).
+def _abs32(m: jax.Array) -> jax.Array:
+  """``|m|`` in float32 (recomputed inside each counting pass, never stored)."""
+  return _abs_float32(m).astype(jnp.float32)
+
+
+def _as_float(bits: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.int32)
+
+
+def _per_matrix(v: jax.Array) -> jax.Array:
+  return v[:, None, None]
+
+
+def _distributed(m: jax.Array) -> bool:
+  """True when ``m`` is sharded in its type or traced under a multi-device mesh.
+
+  Such matrices skip the sample bracket (sorting a sample gathers it) and
+  use one reduction per quantity, which XLA's partitioner turns into an
+  all-reduce of per-device partial results.
+  """
+  sharding = getattr(jax.typeof(m), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is not None and not sharding.mesh.empty and any(s is not None for s in spec):
+    return True
+  context = jax.sharding.get_abstract_mesh()
+  return not context.empty and context.size > 1
+
+
+def _reduce_matrices(operands, inits, ops, fused: bool = True) -> tuple[jax.Array, ...]:
+  """Reduces several ``(b, rows, cols)`` operands per matrix.
+
+  ``fused``: one variadic reduction, one pass. XLA:CPU runs it as one loop,
+  while sibling reductions of one input can become a multi-output fusion
+  many times slower (16x256x1024: 4.5 ms against 35 ms for two counts).
+  """
+  inits = tuple(jnp.asarray(v, x.dtype) for v, x in zip(inits, operands))
+  if not fused:
+    return tuple(jax.lax.reduce(x, v, op, (1, 2)) for x, v, op in zip(operands, inits, ops))
+  combine = lambda xs, ys: tuple(op(x, y) for op, x, y in zip(ops, xs, ys))
+  return jax.lax.reduce(tuple(operands), inits, combine, (1, 2))
+
+
+def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
+  """``count(|m| <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
+
+  On non-negative floats the order of values is the order of bit patterns,
+  so the search runs on bits and the comparison on values. Counts are summed
+  in float32, whose reductions XLA:CPU compiles several times faster than
+  int32 ones; exact up to 2**24 entries, so larger matrices are counted per
+  row first.
+  """
+  a = _abs32(m)
+  masks = [(a <= _per_matrix(_as_float(v))).astype(jnp.float32) for v in probes]
+  if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
+    sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not _distributed(m))
+    return [c.astype(jnp.int32) for c in sums]
+  rows = [jnp.sum(x, axis=-1).astype(jnp.int32) for x in masks]
+  return [jnp.sum(r, axis=-1) for r in rows]
+
+
+def _sample_stride(rows: int, cols: int) -> int:
+  """A stride through the flattened matrix that visits every column and row.
+
+  A stride sharing a factor with ``cols`` would only visit some columns, so
+  a matrix whose columns differ in scale would give a biased sample.
+  """
+  stride = max(1, (rows * cols) // _SAMPLE)
+  while stride > 1 and math.gcd(stride, cols) != 1:
+    stride += 1
+  return stride
+
+
+def _sample_bracket(m: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Candidate bit patterns below and above order statistic ``rank`` from a sample.
+
+  The sample's order statistics around ``rank / n`` bracket the matrix's with
+  high probability (``_SAMPLE_SIGMAS`` binomial standard deviations each
+  side); `_initial_bracket` checks the bracket with one counting pass and
+  widens a side that missed, so the result never depends on the sample.
+  """
+  batch, rows, cols = m.shape
+  n = rows * cols
+  stride = _sample_stride(rows, cols)
+  k = -(-n // stride)
+  sample = jnp.sort(_as_bits(_abs32(m)).reshape(batch, n)[:, ::stride], axis=-1)
+  share = (rank.astype(jnp.float32) + 0.5) / n
+  center = share * k
+  half = _SAMPLE_SIGMAS * jnp.sqrt(k * share * (1 - share)) + 1.0
+  below = jnp.floor(center - half).astype(jnp.int32)
+  above = jnp.ceil(center + half).astype(jnp.int32)
+  pick = lambda i: jnp.take_along_axis(sample, jnp.clip(i, 0, k - 1)[:, None], axis=-1)[:, 0]
+  lo = jnp.where(below < 0, -1, pick(below))
+  hi = jnp.where(above >= k, _INT32_MAX, pick(above))
+  return lo, hi
+
+
+def _initial_bracket(m: jax.Array, rank: jax.Array):
+  """``(lo, hi, count(<= lo), count(<= hi))`` with ``c_lo <= rank < c_hi``, one pass.
+
+  A distributed matrix (`_distributed`) starts from the whole range instead:
+  sorting its sample would gather it, and the search then reduces only counts.
+  """
+  n = m.shape[-2] * m.shape[-1]
+  top = _as_bits(jnp.max(_abs32(m), axis=_MATRIX_AXES))
+  if _distributed(m):
+    return (jnp.full_like(rank, -1), top, jnp.zeros_like(rank), jnp.full_like(rank, n))
+  lo, hi = _sample_bracket(m, rank)
+  hi = jnp.minimum(hi, top)
+  c_lo, c_hi = _counts_le(m, [lo, hi])  # lo == -1 is a NaN pattern: count 0
+  lo_ok, hi_ok = c_lo <= rank, c_hi > rank
+  return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, top),
+          jnp.where(lo_ok, c_lo, 0), jnp.where(hi_ok, c_hi, n))
+
+
+_PROBE_MARGIN = 0.05  # each probe pair aims this share of the bracket's count beside the target
+
+
+def _interpolate(lo, hi, c_lo, c_hi, target):
+  """The bit pattern where the count reaches ``target``, linearly between the ends."""
+  width = (hi - lo).astype(jnp.float32)
+  share = (target - c_lo.astype(jnp.float32)) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+  return lo + jnp.round(width * jnp.clip(share, 0.0, 1.0)).astype(jnp.int32)
+
+
+def _next_probes(lo, hi, c_lo, c_hi, rank, bisect):
+  """Two probes that should land just below and just above the count ``rank + 1``.
 
   Float bit patterns grow like ``log |x|``, so the empirical CDF over bit
-  patterns is smooth and interpolation (regula falsi) lands within a few
-  entries of the target rank in a handful of passes; a step that did not
-  halve the bracket is followed by a bisection step, so the worst case stays
-  about twice the 31 passes of plain bisection.
+  patterns is smooth and interpolation (regula falsi) predicts the count of
+  a probe to within a small share of the bracket; aiming one probe a margin
+  below the target and one a margin above moves both ends of the bracket in
+  one pass (plain regula falsi moves one end only). A pass that halved
+  neither the bracket nor its count is followed by a bisection pass, so the
+  worst case stays about twice the 31 passes of plain bisection.
   """
-  width = (hi - lo).astype(jnp.float32)
-  share = (rank.astype(jnp.float32) + 0.5 - c_lo) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
-  guess = lo + jnp.round(width * share).astype(jnp.int32)
+  # Near the end (a few entries left) the probes aim at counts rank + 1/2 and rank + 3/2.
+  margin = _PROBE_MARGIN * (c_hi - c_lo).astype(jnp.float32) + 0.5
+  target = rank.astype(jnp.float32) + 1.0
+  below = _interpolate(lo, hi, c_lo, c_hi, target - margin)
+  above = _interpolate(lo, hi, c_lo, c_hi, target + margin)
   mid = lo + (hi - lo) // 2
-  return jnp.clip(jnp.where(bisect, mid, guess), lo + 1, hi - 1)
+  clip = lambda v: jnp.clip(jnp.where(bisect, mid, v), lo + 1, hi - 1)
+  return clip(below), clip(jnp.maximum(above, below))
 
 
-def _order_statistics(bits: list[jax.Array], ranks: list[jax.Array]) -> list[jax.Array]:
-  """The ``rank``-th smallest value (0-based) of each array, without a sort.
+def _finished(lo, hi, c_lo, c_hi, rank):
+  """True once one pass over ``(lo, hi]`` yields order statistics ``rank`` and ``rank + 1``."""
+  return (c_hi == rank + 1) | ((c_lo == rank) & (c_hi == rank + 2)) | (hi - lo <= 1)
 
-  One loop shared by all arrays; each pass is one comparison and one count
-  per matrix (a sharded matrix only reduces scalars across devices).
-  Invariant: ``c_lo = count(x <= lo) <= rank < count(x <= hi) = c_hi``. The
-  loop stops once no entry other than the answer can lie in ``(lo, hi]``
-  below it (``c_lo == rank``: the answer is the smallest entry above ``lo``)
-  or above it (``c_hi == rank + 1``: the largest entry up to ``hi``).
+
+def _order_statistic_pairs(ms: list[jax.Array], ranks: list[jax.Array]) -> list[tuple]:
+  """Order statistics ``rank`` and ``rank + 1`` (0-based) of each matrix's ``|m|`` bits.
+
+  A sample bracket (`_initial_bracket`), then one search loop shared by all
+  stacks, whose per-matrix state is one vector over every matrix of every
+  stack (so its compiled body has one counting pass per stack and a fixed
+  number of other operations). Invariant: ``c_lo = count(<= lo) <= rank <
+  count(<= hi) = c_hi``. The loop stops when `_finished`; one last pass reads
+  the two values off the bracket.
   """
-  def finished(c):
-    lo, hi, c_lo, c_hi, _, r = c
-    return (c_lo == r) | (c_hi == r + 1) | (hi - lo <= 1)
-
-  def body(carry):
-    new = []
-    for b, c in zip(bits, carry):
-      lo, hi, c_lo, c_hi, bisect, r = c
-      probe = _next_probe(lo, hi, c_lo, c_hi, r, bisect)
-      count = _count_le(b, probe)
-      above = count > r
-      width = hi - lo
-      lo2, c_lo2 = jnp.where(above, lo, probe), jnp.where(above, c_lo, count)
-      hi2, c_hi2 = jnp.where(above, probe, hi), jnp.where(above, count, c_hi)
-      shrunk = 2 * (hi2 - lo2) <= width
-      done = finished(c)
-      pick = lambda old, upd: jnp.where(done, old, upd)
-      new.append((pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
-                  pick(bisect, ~shrunk & ~bisect), r))
-    return new
+  sizes = [m.shape[0] for m in ms]
+  offsets = [sum(sizes[:i]) for i in range(len(ms))]
+  split = lambda v: [v[o:o + s] for o, s in zip(offsets, sizes)]
+  rank = jnp.concatenate([jnp.broadcast_to(r, (s,)) for r, s in zip(ranks, sizes)])
+  starts = [_initial_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) for m, r in zip(ms, ranks)]
+  lo, hi, c_lo, c_hi = (jnp.concatenate(parts) for parts in zip(*starts))
 
   def cond(carry):
-    return jnp.any(jnp.stack([jnp.any(~finished(c)) for c in carry]))
+    lo, hi, c_lo, c_hi, _ = carry
+    return jnp.any(~_finished(lo, hi, c_lo, c_hi, rank))
 
-  init = []
-  for b, r in zip(bits, ranks):
-    batch = b.shape[:-2]
-    n = b.shape[-2] * b.shape[-1]
-    init.append((jnp.full(batch, -1, jnp.int32), jnp.max(b, axis=_MATRIX_AXES),
-                 jnp.zeros(batch, jnp.int32), jnp.full(batch, n, jnp.int32),
-                 jnp.zeros(batch, bool), jnp.broadcast_to(r, batch)))
-  final = jax.lax.while_loop(cond, body, init)
-  out = []
-  for b, (lo, hi, c_lo, c_hi, _, r) in zip(bits, final):
-    above_lo = jnp.min(jnp.where(b > lo[..., None, None], b, _INT32_MAX), axis=_MATRIX_AXES)
-    upto_hi = jnp.max(jnp.where(b <= hi[..., None, None], b, -1), axis=_MATRIX_AXES)
-    out.append(jnp.where(c_lo == r, above_lo, jnp.where(c_hi == r + 1, upto_hi, hi)))
-  return out
+  def body(carry):
+    lo, hi, c_lo, c_hi, bisect = carry
+    below, above = _next_probes(lo, hi, c_lo, c_hi, rank, bisect)
+    pairs = [_counts_le(m, [b, a]) for m, b, a in zip(ms, split(below), split(above))]
+    c_below = jnp.concatenate([b for b, _ in pairs])
+    c_above = jnp.concatenate([a for _, a in pairs])
+    # Counts grow with the probe: the bracket's new ends are the probes beside the rank.
+    a_low, b_low = c_below <= rank, c_above <= rank
+    lo2 = jnp.where(b_low, above, jnp.where(a_low, below, lo))
+    c_lo2 = jnp.where(b_low, c_above, jnp.where(a_low, c_below, c_lo))
+    hi2 = jnp.where(a_low, jnp.where(b_low, hi, above), below)
+    c_hi2 = jnp.where(a_low, jnp.where(b_low, c_hi, c_above), c_below)
+    halved = (2 * (hi2 - lo2) <= hi - lo) | (2 * (c_hi2 - c_lo2) <= c_hi - c_lo)
+    keep = _finished(lo, hi, c_lo, c_hi, rank)
+    pick = lambda old, new: jnp.where(keep, old, new)
+    return (pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
+            pick(bisect, ~halved & ~bisect))
+
+  init = (lo, hi, c_lo, c_hi, jnp.zeros_like(rank, bool))
+  lo, hi, c_lo, c_hi, _ = jax.lax.while_loop(cond, body, init)
+  return [_read_pair(m, *split_state) for m, split_state in
+          zip(ms, zip(*(split(v) for v in (lo, hi, c_lo, c_hi, rank))))]
 
 
-def _interpolated(bits, rank, frac, low):
-  """Linear interpolation between order statistics ``rank`` and ``rank + 1``."""
-  n = bits.shape[-2] * bits.shape[-1]
-  count_low = jnp.sum(bits <= low[..., None, None], axis=_MATRIX_AXES, dtype=jnp.int32)
-  above = jnp.min(jnp.where(bits > low[..., None, None], bits, _INT32_MAX), axis=_MATRIX_AXES)
-  high = jnp.where((count_low > rank + 1) | (rank + 1 >= n), low, above)
-  as_float = lambda v: jax.lax.bitcast_convert_type(v, jnp.float32)
-  return as_float(low) * (1 - frac) + as_float(high) * frac
+def _read_pair(m, lo, hi, c_lo, c_hi, rank):
+  """Order statistics ``rank`` and ``rank + 1`` from a finished bracket, one pass."""
+  a = _abs32(m)
+  n = m.shape[-2] * m.shape[-1]
+  # lo == -1 (nothing below) is the bit pattern of a NaN; compare with -1.0 instead.
+  lo_f = _per_matrix(jnp.where(lo < 0, -1.0, _as_float(lo)))
+  hi_f = _per_matrix(_as_float(hi))
+  above_lo, upto_hi, above_hi = (_as_bits(v) for v in _reduce_matrices(
+      [jnp.where(a > lo_f, a, jnp.inf), jnp.where(a <= hi_f, a, -1.0), jnp.where(a > hi_f, a, jnp.inf)],
+      [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not _distributed(m)))
+  # c_hi == rank + 1: rank is the largest entry <= hi, rank + 1 the smallest above.
+  # c_lo == rank, c_hi == rank + 2: the two entries in (lo, hi].
+  # hi - lo <= 1: every entry in (lo, hi] equals hi.
+  two_inside = (c_lo == rank) & (c_hi == rank + 2)
+  low = jnp.where(c_hi == rank + 1, upto_hi, jnp.where(two_inside, above_lo, hi))
+  high = jnp.where((c_hi >= rank + 2) & ~two_inside, hi, jnp.where(two_inside, upto_hi, above_hi))
+  high = jnp.where(rank + 1 >= n, low, high)
+  return low, high
 
 
 def _rank_and_fraction(quantile, n: int):
@@ -162,39 +306,91 @@ def _rank_and_fraction(quantile, n: int):
 
 
 def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
-  """``quantile(|m|, p)`` over the last two axes of each ``m``, without a sort.
+  """``quantile(|m|, p)`` over the last two axes of each ``m``, without a full sort.
 
-  Finds the two order statistics around ``p (n - 1)`` exactly by a safeguarded
-  interpolation search on the float32 bit patterns of ``|m|`` (counting
-  passes shared by all matrices: about 6-10 for continuous data, at most
-  about 62), then interpolates linearly: the same value as `exact_abs_quantile`
-  up to float rounding (rank error 0).
+  Finds the two order statistics around ``p (n - 1)`` exactly: a sorted
+  sample of about 1024 entries per matrix brackets them, one counting pass
+  checks the bracket, and a safeguarded interpolation search on the float32
+  bit patterns of ``|m|`` (counting passes shared by all matrices, typically
+  2-5) narrows it until one last pass reads both values; then interpolates
+  linearly. The same value as `exact_abs_quantile` up to float rounding (rank
+  error 0), whatever the sample.
 
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
   _check_quantile_args(ms, quantile)
-  bits, ranks, fracs = [], [], []
+  mats, ranks, fracs = [], [], []
   for m in ms:
-    a = _abs_float32(m).astype(jnp.float32)
-    bits.append(jax.lax.bitcast_convert_type(a, jnp.int32))
-    rank, frac = _rank_and_fraction(quantile, a.shape[-2] * a.shape[-1])
+    mats.append(m.reshape((-1,) + m.shape[-2:]))
+    rank, frac = _rank_and_fraction(quantile, m.shape[-2] * m.shape[-1])
     ranks.append(rank)
     fracs.append(frac)
-  lows = _order_statistics(bits, ranks)
-  return [_interpolated(b, r, f, lo) for b, r, f, lo in zip(bits, ranks, fracs, lows)]
+  out = []
+  for m, frac, (low, high) in zip(ms, fracs, _order_statistic_pairs(mats, ranks)):
+    value = _as_float(low) * (1 - frac) + _as_float(high) * frac
+    out.append(value.reshape(m.shape[:-2]))
+  return out
+
+
+def _shape_stacks(ms: list[jax.Array]) -> tuple[list[jax.Array], list[tuple[list[int], list[int]]]]:
+  """Concatenates the matrix batches of one ``(rows, cols)`` and dtype along a batch axis.
+
+  Returns:
+    ``(stacks, plan)``: ``(b, rows, cols)`` stacks and, per stack, the input
+    indices it holds and their batch sizes.
+  """
+  groups: dict = {}
+  for i, m in enumerate(ms):
+    groups.setdefault((m.shape[-2:], jnp.dtype(m.dtype).name), []).append(i)
+  stacks, plan = [], []
+  for members in groups.values():
+    parts = [ms[i].reshape((-1,) + ms[i].shape[-2:]) for i in members]
+    stacks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
+    plan.append((members, [p.shape[0] for p in parts]))
+  return stacks, plan
+
+
+def _unstack(stack: jax.Array, members: list[int], sizes: list[int], ms: list[jax.Array]) -> dict:
+  """Cuts a stack (or a per-matrix vector) back into its members' batch shapes.
+
+  A size of None takes the whole stack (a leaf that was not concatenated).
+  """
+  out, start = {}, 0
+  for i, size in zip(members, sizes):
+    part = stack if size is None else stack[start:start + size]
+    out[i] = part.reshape(ms[i].shape[:-2] + stack.shape[1:])
+    start += size or 0
+  return out
 
 
 def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax.Array]:
   """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches.
 
-  Leaves are not concatenated: a concatenation of differently sharded
-  matrices would all-gather them, while the per-leaf counts only reduce
-  scalars across devices.
+  Matrices of one shape and dtype are concatenated into one stack first, so
+  the compiled step holds one quantile computation per shape, not per leaf
+  (on a 48-layer GPT tree this cut ROOT's compile time from 1.9x to ~1.0x
+  optax Muon's). Distributed matrices (see `_distributed`) are not.
+
+  Returns:
+    One float32 array of shape ``m.shape[:-2]`` per input.
   """
+  if any(_distributed(m) for m in ms):
+    # Same-shape leaves may be sharded differently; concatenating them would
+    # gather some. Per leaf, the fast search only all-reduces counts.
+    stacks, plan = [m.reshape((-1,) + m.shape[-2:]) for m in ms], [([i], [None]) for i in range(len(ms))]
+  else:
+    stacks, plan = _shape_stacks(ms)
+  out = {}
+  for value, (members, sizes) in zip(_stack_quantiles(stacks, quantile, method), plan):
+    out.update(_unstack(value, members, sizes, ms))
+  return [out[i] for i in range(len(ms))]
+
+
+def _stack_quantiles(stacks: list[jax.Array], quantile, method: str) -> list[jax.Array]:
   if method == EXACT:
-    return [exact_abs_quantile(m, quantile) for m in ms]
-  return fast_abs_quantiles(ms, quantile)
+    return [exact_abs_quantile(s, quantile) for s in stacks]
+  return fast_abs_quantiles(stacks, quantile)
 
 
 def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:

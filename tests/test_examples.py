@@ -202,3 +202,12 @@ def test_schedule_warms_up_and_decays():
   assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6
   assert abs(float(sched(100)) - 0.1) < 1e-6
   assert isinstance(optax.adamw(sched), optax.GradientTransformation)
+
+
+def test_student_t_noise_has_the_t2_distribution():
+  """The df = 2 inverse-CDF sampler against the t(2) CDF 1/2 + t / (2 sqrt(2 + t^2))."""
+  samples = np.asarray(common._student_t(jax.random.key(0), 2.0, (100_000,), jnp.float32))
+  for t in (-10.0, -2.0, -0.5, 0.0, 0.7, 3.0, 30.0):
+    expected = 0.5 + t / (2 * math.sqrt(2 + t * t))
+    assert abs(np.mean(samples <= t) - expected) < 0.005, t
+  assert np.all(np.isfinite(samples))

@@ -91,11 +91,14 @@ def test_one_newton_schulz_per_shape_not_per_leaf(method):
   assert dots == expected, (dots, expected)
 
 
-def test_default_threshold_has_no_sort():
-  params = _params()
-  names = lambda tx: {e.primitive.name for e, _ in _eqns(_update_jaxpr(tx, params).jaxpr)}
-  assert "sort" not in names(_root())
-  assert "sort" in names(_root(threshold_method="exact"))
+def test_default_threshold_sorts_only_samples():
+  """The fast threshold sorts at most a ~1024-entry sample per matrix; 'exact' sorts all."""
+  params = {"w": jnp.ones((64, 96)), "v": jnp.ones((96, 64)), "b": jnp.ones((64,))}
+  sorted_sizes = lambda tx: [e.invars[0].aval.shape[-1] for e, _ in _eqns(_update_jaxpr(tx, params).jaxpr)
+                             if e.primitive.name == "sort"]
+  sizes = {x.shape[-2] * x.shape[-1] for x in jax.tree.leaves(params) if x.ndim >= 2}
+  assert max(sorted_sizes(_root()), default=0) <= 1025 < max(sizes)
+  assert max(sorted_sizes(_root(threshold_method="exact"))) == max(sizes)
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (8, 24), (24, 8), (8, 32), (3, 5, 40)])
