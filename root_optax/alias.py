@@ -128,7 +128,8 @@ def root(
     nesterov: Use the Nesterov look-ahead ``G + mu M``.
     quantile: ``p`` in (0, 1] of the outlier threshold (0.90 in the paper).
     threshold: A fixed threshold instead of the quantile.
-    threshold_method: ``'fast'`` (bisection, no sort) or ``'exact'`` (sort).
+    threshold_method: ``'fast'`` (counting search, sorts only a small sample;
+      exact order statistics) or ``'exact'`` (full sort).
     coefficients: Newton-Schulz coefficient table; see
       `ada_newton_orthogonalize`. Default ``'paper'`` (Table 1).
     ns_steps: Newton-Schulz iterations.

@@ -437,8 +437,9 @@ def soft_threshold_outliers(
   Args:
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
     threshold: A fixed ``eps >= 0`` instead of the quantile.
-    method: ``'exact'`` (a sort, as the reference) or ``'fast'`` (bisection on
-      counts, no sort; the same order statistics, rank error 0).
+    method: ``'exact'`` (a sort, as the reference) or ``'fast'`` (a counting
+      search from a sorted ~1024-entry sample, no full sort; the same order
+      statistics, rank error 0).
     offset: Added to the quantile (the reference adds 1e-9), >= 0.
     weight_dimension_numbers: Which leaves are matrices and how to view
       higher-rank leaves; see `root_optax.dimensions.resolve`.
