@@ -122,16 +122,17 @@ def _reduce_matrices(operands, inits, ops, fused: bool = True) -> tuple[jax.Arra
 
 
 def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
-  """``count(|m| <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
+  """``count(bits(|m|) <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
 
-  On non-negative floats the order of values is the order of bit patterns,
-  so the search runs on bits and the comparison on values. Counts are summed
-  in float32, whose reductions XLA:CPU compiles several times faster than
-  int32 ones; exact up to 2**24 entries, so larger matrices are counted per
-  row first.
+  On non-negative floats the order of bit patterns is the order of values.
+  The comparison is on the int32 patterns: compared as floats, XLA may
+  compare a bfloat16 input against a probe rounded to bfloat16, which
+  disagrees with the float32 search. Counts are summed in float32, whose
+  reductions XLA:CPU compiles several times faster than int32 ones; exact up
+  to 2**24 entries, so larger matrices are counted per row first.
   """
-  a = _abs32(m)
-  masks = [(a <= _per_matrix(_as_float(v))).astype(jnp.float32) for v in probes]
+  b = _as_bits(_abs32(m))
+  masks = [(b <= _per_matrix(v)).astype(jnp.float32) for v in probes]
   if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
     sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not _distributed(m))
     return [c.astype(jnp.int32) for c in sums]
@@ -187,7 +188,7 @@ def _initial_bracket(m: jax.Array, rank: jax.Array):
     return (jnp.full_like(rank, -1), top, jnp.zeros_like(rank), jnp.full_like(rank, n))
   lo, hi = _sample_bracket(m, rank)
   hi = jnp.minimum(hi, top)
-  c_lo, c_hi = _counts_le(m, [lo, hi])  # lo == -1 is a NaN pattern: count 0
+  c_lo, c_hi = _counts_le(m, [lo, hi])
   lo_ok, hi_ok = c_lo <= rank, c_hi > rank
   return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, top),
           jnp.where(lo_ok, c_lo, 0), jnp.where(hi_ok, c_hi, n))
@@ -229,29 +230,50 @@ def _finished(lo, hi, c_lo, c_hi, rank):
   return (c_hi == rank + 1) | ((c_lo == rank) & (c_hi == rank + 2)) | (hi - lo <= 1)
 
 
-def _order_statistic_pairs(ms: list[jax.Array], ranks: list[jax.Array]) -> list[tuple]:
-  """Order statistics ``rank`` and ``rank + 1`` (0-based) of each matrix's ``|m|`` bits.
+def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
+                      pieces: Optional[list[list[int]]] = None) -> list[list[jax.Array]]:
+  """Interpolated order statistics ``rank + frac`` (0-based) of each matrix's ``|m|``.
 
-  A sample bracket (`_initial_bracket`), then one search loop shared by all
-  stacks, whose per-matrix state is one vector over every matrix of every
-  stack (so its compiled body has one counting pass per stack and a fixed
-  number of other operations). Invariant: ``c_lo = count(<= lo) <= rank <
-  count(<= hi) = c_hi``. The loop stops when `_finished`; one last pass reads
-  the two values off the bracket.
+  One loop shared by all stacks: a first iteration brackets the order
+  statistics from a sample (`_initial_bracket`), the next ones search. The
+  per-matrix state is one vector over every matrix of every stack, so the
+  compiled body has one counting pass per stack and a fixed number of other
+  operations. Invariant: ``c_lo = count(<= lo) <= rank <
+  count(<= hi) = c_hi``. Once every bracket is `_finished`, a last iteration
+  reads the two order statistics off it and interpolates. Computing the
+  value inside the loop makes it a loop output that XLA stores once; computed
+  after the loop, its few scalar operations were fused into every leaf's clip
+  and compiled once per leaf. For the same reason the values leave the loop
+  already cut into ``pieces`` (e.g. one per leaf of a concatenated stack).
+
+  Args:
+    ms: ``(b, rows, cols)`` stacks.
+    ranks: Per stack, the rank (a scalar).
+    fracs: Per stack, the interpolation fraction (a scalar).
+    pieces: Per stack, the sizes its values are cut into (default: whole).
+
+  Returns:
+    Per stack, a list of float32 vectors (one value per matrix).
   """
   sizes = [m.shape[0] for m in ms]
-  offsets = [sum(sizes[:i]) for i in range(len(ms))]
-  split = lambda v: [v[o:o + s] for o, s in zip(offsets, sizes)]
-  rank = jnp.concatenate([jnp.broadcast_to(r, (s,)) for r, s in zip(ranks, sizes)])
-  starts = [_initial_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) for m, r in zip(ms, ranks)]
-  lo, hi, c_lo, c_hi = (jnp.concatenate(parts) for parts in zip(*starts))
+  split = lambda v, parts=sizes: [v[o:o + n] for o, n in zip(_offsets(parts), parts)]
+  pieces = [[n] for n in sizes] if pieces is None else pieces
+  cuts = [n for parts in pieces for n in parts]
+  per_matrix = lambda values: jnp.concatenate(
+      [jnp.broadcast_to(v, (s,)) for v, s in zip(values, sizes)])
+  rank, frac = per_matrix(ranks), per_matrix(fracs)
+  # Every pass reads these buffers, as operands of the loop: recomputed inside
+  # each pass, a low-precision input could round differently from pass to pass
+  # (XLA drops convert pairs in some fusions), and the counts would disagree.
+  ms = [_abs32(m) for m in ms]
 
-  def cond(carry):
-    lo, hi, c_lo, c_hi, _ = carry
-    return jnp.any(~_finished(lo, hi, c_lo, c_hi, rank))
+  def bracket(carry):
+    starts = [_initial_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) for m, r in zip(ms, ranks)]
+    lo, hi, c_lo, c_hi = (jnp.concatenate(parts) for parts in zip(*starts))
+    return (jnp.int32(1), lo, hi, c_lo, c_hi) + carry[5:]
 
-  def body(carry):
-    lo, hi, c_lo, c_hi, bisect = carry
+  def search(carry):
+    phase, lo, hi, c_lo, c_hi, bisect, values = carry
     below, above = _next_probes(lo, hi, c_lo, c_hi, rank, bisect)
     pairs = [_counts_le(m, [b, a]) for m, b, a in zip(ms, split(below), split(above))]
     c_below = jnp.concatenate([b for b, _ in pairs])
@@ -265,24 +287,43 @@ def _order_statistic_pairs(ms: list[jax.Array], ranks: list[jax.Array]) -> list[
     halved = (2 * (hi2 - lo2) <= hi - lo) | (2 * (c_hi2 - c_lo2) <= c_hi - c_lo)
     keep = _finished(lo, hi, c_lo, c_hi, rank)
     pick = lambda old, new: jnp.where(keep, old, new)
-    return (pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
-            pick(bisect, ~halved & ~bisect))
+    return (phase, pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
+            pick(bisect, ~halved & ~bisect), values)
 
-  init = (lo, hi, c_lo, c_hi, jnp.zeros_like(rank, bool))
-  lo, hi, c_lo, c_hi, _ = jax.lax.while_loop(cond, body, init)
-  return [_read_pair(m, *split_state) for m, split_state in
-          zip(ms, zip(*(split(v) for v in (lo, hi, c_lo, c_hi, rank))))]
+  def read(carry):
+    _, lo, hi, c_lo, c_hi, bisect, _ = carry
+    pairs = [_read_pair(m, *state) for m, state in
+             zip(ms, zip(*(split(v) for v in (lo, hi, c_lo, c_hi, rank))))]
+    low = _as_float(jnp.concatenate([p[0] for p in pairs]))
+    high = _as_float(jnp.concatenate([p[1] for p in pairs]))
+    value = low * (1 - frac) + high * frac
+    return jnp.int32(2), lo, hi, c_lo, c_hi, bisect, tuple(split(value, cuts))
+
+  def body(carry):
+    phase, lo, hi, c_lo, c_hi = carry[:5]
+    done = jnp.all(_finished(lo, hi, c_lo, c_hi, rank))
+    return jax.lax.switch(jnp.where(phase == 0, 0, jnp.where(done, 2, 1)),
+                          [bracket, search, read], carry)
+
+  zeros = jnp.zeros_like(rank)
+  init = (jnp.int32(0), zeros, zeros, zeros, zeros, jnp.zeros_like(rank, bool),
+          tuple(jnp.zeros((n,), jnp.float32) for n in cuts))
+  values = list(jax.lax.while_loop(lambda carry: carry[0] < 2, body, init)[6])
+  return [[values.pop(0) for _ in parts] for parts in pieces]
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+  return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _read_pair(m, lo, hi, c_lo, c_hi, rank):
   """Order statistics ``rank`` and ``rank + 1`` from a finished bracket, one pass."""
   a = _abs32(m)
+  b = _as_bits(a)  # selected by bit pattern (see `_counts_le`), reduced as floats
   n = m.shape[-2] * m.shape[-1]
-  # lo == -1 (nothing below) is the bit pattern of a NaN; compare with -1.0 instead.
-  lo_f = _per_matrix(jnp.where(lo < 0, -1.0, _as_float(lo)))
-  hi_f = _per_matrix(_as_float(hi))
+  lo_m, hi_m = _per_matrix(lo), _per_matrix(hi)
   above_lo, upto_hi, above_hi = (_as_bits(v) for v in _reduce_matrices(
-      [jnp.where(a > lo_f, a, jnp.inf), jnp.where(a <= hi_f, a, -1.0), jnp.where(a > hi_f, a, jnp.inf)],
+      [jnp.where(b > lo_m, a, jnp.inf), jnp.where(b <= hi_m, a, -1.0), jnp.where(b > hi_m, a, jnp.inf)],
       [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not _distributed(m)))
   # c_hi == rank + 1: rank is the largest entry <= hi, rank + 1 the smallest above.
   # c_lo == rank, c_hi == rank + 2: the two entries in (lo, hi].
@@ -311,26 +352,23 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> l
   Finds the two order statistics around ``p (n - 1)`` exactly: a sorted
   sample of about 1024 entries per matrix brackets them, one counting pass
   checks the bracket, and a safeguarded interpolation search on the float32
-  bit patterns of ``|m|`` (counting passes shared by all matrices, typically
-  2-5) narrows it until one last pass reads both values; then interpolates
-  linearly. The same value as `exact_abs_quantile` up to float rounding (rank
+  bit patterns of ``|m|`` (two probes per counting pass, passes shared by
+  all matrices, typically 5-12) narrows it until one last pass reads both
+  values; then interpolates linearly. The same value as `exact_abs_quantile` up to float rounding (rank
   error 0), whatever the sample.
 
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
   _check_quantile_args(ms, quantile)
-  mats, ranks, fracs = [], [], []
-  for m in ms:
-    mats.append(m.reshape((-1,) + m.shape[-2:]))
-    rank, frac = _rank_and_fraction(quantile, m.shape[-2] * m.shape[-1])
-    ranks.append(rank)
-    fracs.append(frac)
-  out = []
-  for m, frac, (low, high) in zip(ms, fracs, _order_statistic_pairs(mats, ranks)):
-    value = _as_float(low) * (1 - frac) + _as_float(high) * frac
-    out.append(value.reshape(m.shape[:-2]))
-  return out
+  values = _fast_quantile_pieces([m.reshape((-1,) + m.shape[-2:]) for m in ms], quantile)
+  return [v[0].reshape(m.shape[:-2]) for m, v in zip(ms, values)]
+
+
+def _fast_quantile_pieces(stacks: list[jax.Array], quantile, pieces=None) -> list[list[jax.Array]]:
+  """`fast_abs_quantiles` of ``(b, rows, cols)`` stacks, cut as `_search_quantiles` cuts."""
+  ranks, fracs = zip(*(_rank_and_fraction(quantile, s.shape[-2] * s.shape[-1]) for s in stacks))
+  return _search_quantiles(stacks, list(ranks), list(fracs), pieces)
 
 
 def _shape_stacks(ms: list[jax.Array]) -> tuple[list[jax.Array], list[tuple[list[int], list[int]]]]:
@@ -375,6 +413,7 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
+  _check_quantile_args(ms, quantile)
   if any(_distributed(m) for m in ms):
     # Same-shape leaves may be sharded differently; concatenating them would
     # gather some. Per leaf, the fast search only all-reduces counts.
@@ -382,15 +421,14 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax
   else:
     stacks, plan = _shape_stacks(ms)
   out = {}
-  for value, (members, sizes) in zip(_stack_quantiles(stacks, quantile, method), plan):
-    out.update(_unstack(value, members, sizes, ms))
-  return [out[i] for i in range(len(ms))]
-
-
-def _stack_quantiles(stacks: list[jax.Array], quantile, method: str) -> list[jax.Array]:
   if method == EXACT:
-    return [exact_abs_quantile(s, quantile) for s in stacks]
-  return fast_abs_quantiles(stacks, quantile)
+    for stack, (members, sizes) in zip(stacks, plan):
+      out.update(_unstack(exact_abs_quantile(stack, quantile), members, sizes, ms))
+  else:
+    cuts = [[n or s.shape[0] for n in sizes] for s, (_, sizes) in zip(stacks, plan)]
+    for parts, (members, _) in zip(_fast_quantile_pieces(stacks, quantile, cuts), plan):
+      out.update({i: v.reshape(ms[i].shape[:-2]) for i, v in zip(members, parts)})
+  return [out[i] for i in range(len(ms))]
 
 
 def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
