@@ -73,6 +73,7 @@ def _check_quantile_args(ms, quantile) -> None:
 _SAMPLE = 1024  # entries per matrix sampled to bracket the quantile before counting
 _SAMPLE_SIGMAS = 4.0  # bracket half-width, in standard deviations of the sample rank
 _EXACT_FLOAT_COUNT = 2**24  # float32 counts integers exactly up to here
+_INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN |m|
 
 
 def _abs32(m: jax.Array) -> jax.Array:
@@ -122,17 +123,16 @@ def _reduce_matrices(operands, inits, ops, fused: bool = True) -> tuple[jax.Arra
 
 
 def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
-  """``count(bits(|m|) <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
+  """``count(|m| <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
 
-  On non-negative floats the order of bit patterns is the order of values.
-  The comparison is on the int32 patterns: compared as floats, XLA may
-  compare a bfloat16 input against a probe rounded to bfloat16, which
-  disagrees with the float32 search. Counts are summed in float32, whose
+  On non-negative floats the order of bit patterns is the order of values,
+  so the search runs on bits and compares values (``m`` is the stored
+  float32 ``|m|``, see `_search_quantiles`). Counts are summed in float32, whose
   reductions XLA:CPU compiles several times faster than int32 ones; exact up
   to 2**24 entries, so larger matrices are counted per row first.
   """
-  b = _as_bits(_abs32(m))
-  masks = [(b <= _per_matrix(v)).astype(jnp.float32) for v in probes]
+  a = _abs32(m)
+  masks = [(a <= _per_matrix(_as_float(v))).astype(jnp.float32) for v in probes]
   if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
     sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not _distributed(m))
     return [c.astype(jnp.int32) for c in sums]
@@ -157,8 +157,8 @@ def _sample_bracket(m: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array
 
   The sample's order statistics around ``rank / n`` bracket the matrix's with
   high probability (``_SAMPLE_SIGMAS`` binomial standard deviations each
-  side); `_initial_bracket` checks the bracket with one counting pass and
-  widens a side that missed, so the result never depends on the sample.
+  side); they are only the first pass's probes, so a sample that misses
+  costs passes, never accuracy.
   """
   batch, rows, cols = m.shape
   n = rows * cols
@@ -174,24 +174,6 @@ def _sample_bracket(m: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array
   lo = jnp.where(below < 0, -1, pick(below))
   hi = jnp.where(above >= k, _INT32_MAX, pick(above))
   return lo, hi
-
-
-def _initial_bracket(m: jax.Array, rank: jax.Array):
-  """``(lo, hi, count(<= lo), count(<= hi))`` with ``c_lo <= rank < c_hi``, one pass.
-
-  A distributed matrix (`_distributed`) starts from the whole range instead:
-  sorting its sample would gather it, and the search then reduces only counts.
-  """
-  n = m.shape[-2] * m.shape[-1]
-  top = _as_bits(jnp.max(_abs32(m), axis=_MATRIX_AXES))
-  if _distributed(m):
-    return (jnp.full_like(rank, -1), top, jnp.zeros_like(rank), jnp.full_like(rank, n))
-  lo, hi = _sample_bracket(m, rank)
-  hi = jnp.minimum(hi, top)
-  c_lo, c_hi = _counts_le(m, [lo, hi])
-  lo_ok, hi_ok = c_lo <= rank, c_hi > rank
-  return (jnp.where(lo_ok, lo, -1), jnp.where(hi_ok, hi, top),
-          jnp.where(lo_ok, c_lo, 0), jnp.where(hi_ok, c_hi, n))
 
 
 _PROBE_MARGIN = 0.05  # each probe pair aims this share of the bracket's count beside the target
@@ -234,8 +216,8 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
                       pieces: Optional[list[list[int]]] = None) -> list[list[jax.Array]]:
   """Interpolated order statistics ``rank + frac`` (0-based) of each matrix's ``|m|``.
 
-  One loop shared by all stacks: a first iteration brackets the order
-  statistics from a sample (`_initial_bracket`), the next ones search. The
+  One loop shared by all stacks: the first pass counts at a sample's bracket
+  (`_sample_bracket`), the next ones at interpolated probes. The
   per-matrix state is one vector over every matrix of every stack, so the
   compiled body has one counting pass per stack and a fixed number of other
   operations. Invariant: ``c_lo = count(<= lo) <= rank <
@@ -267,14 +249,20 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
   # (XLA drops convert pairs in some fusions), and the counts would disagree.
   ms = [_abs32(m) for m in ms]
 
-  def bracket(carry):
-    starts = [_initial_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) for m, r in zip(ms, ranks)]
-    lo, hi, c_lo, c_hi = (jnp.concatenate(parts) for parts in zip(*starts))
-    return (jnp.int32(1), lo, hi, c_lo, c_hi) + carry[5:]
+  # The first pass counts at a sample bracket (`_sample_bracket`); later passes
+  # at interpolated probes. Both start from the whole range, which needs no count.
+  # Distributed matrices skip the sample: sorting it would gather it.
+  sampled = per_matrix([not _distributed(m) for m in ms])
+  samples = [_sample_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) if not _distributed(m)
+             else (jnp.zeros(m.shape[:1], jnp.int32),) * 2 for m, r in zip(ms, ranks)]
+  sample_lo, sample_hi = (jnp.concatenate(parts) for parts in zip(*samples))
 
   def search(carry):
     phase, lo, hi, c_lo, c_hi, bisect, values = carry
+    first = (phase == 0) & sampled
     below, above = _next_probes(lo, hi, c_lo, c_hi, rank, bisect)
+    below = jnp.where(first, jnp.clip(sample_lo, lo + 1, hi - 1), below)
+    above = jnp.where(first, jnp.clip(sample_hi, below, hi - 1), above)
     pairs = [_counts_le(m, [b, a]) for m, b, a in zip(ms, split(below), split(above))]
     c_below = jnp.concatenate([b for b, _ in pairs])
     c_above = jnp.concatenate([a for _, a in pairs])
@@ -287,8 +275,8 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
     halved = (2 * (hi2 - lo2) <= hi - lo) | (2 * (c_hi2 - c_lo2) <= c_hi - c_lo)
     keep = _finished(lo, hi, c_lo, c_hi, rank)
     pick = lambda old, new: jnp.where(keep, old, new)
-    return (phase, pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
-            pick(bisect, ~halved & ~bisect), values)
+    return (jnp.int32(1), pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
+            pick(bisect, ~halved & ~bisect | first), values)
 
   def read(carry):
     _, lo, hi, c_lo, c_hi, bisect, _ = carry
@@ -301,14 +289,17 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
 
   def body(carry):
     phase, lo, hi, c_lo, c_hi = carry[:5]
-    done = jnp.all(_finished(lo, hi, c_lo, c_hi, rank))
-    return jax.lax.switch(jnp.where(phase == 0, 0, jnp.where(done, 2, 1)),
-                          [bracket, search, read], carry)
+    done = (phase == 1) & jnp.all(_finished(lo, hi, c_lo, c_hi, rank))
+    return jax.lax.cond(done, read, search, carry)
 
-  zeros = jnp.zeros_like(rank)
-  init = (jnp.int32(0), zeros, zeros, zeros, zeros, jnp.zeros_like(rank, bool),
-          tuple(jnp.zeros((n,), jnp.float32) for n in cuts))
-  values = list(jax.lax.while_loop(lambda carry: carry[0] < 2, body, init)[6])
+  # Whole range: every |m| bit pattern lies in (-1, inf]; a NaN above it only
+  # makes the (then meaningless) result inexact, the loop still ends.
+  n = jnp.asarray([m.shape[-2] * m.shape[-1] for m in ms for _ in range(m.shape[0])], jnp.int32)
+  init = (jnp.int32(0), jnp.full_like(rank, -1), jnp.full_like(rank, _INF_BITS),
+          jnp.zeros_like(rank), n, jnp.zeros_like(rank, bool),
+          tuple(jnp.zeros((k,), jnp.float32) for k in cuts))
+  final = jax.lax.while_loop(lambda carry: carry[0] < 2, body, init)
+  values = list(final[6])
   return [[values.pop(0) for _ in parts] for parts in pieces]
 
 
