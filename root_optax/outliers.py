@@ -77,7 +77,7 @@ _INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN |m|
 
 
 def _abs32(m: jax.Array) -> jax.Array:
-  """``|m|`` in float32 (recomputed inside each counting pass, never stored)."""
+  """``|m|`` in float32 (stored once by `_search_quantiles`, read by every pass)."""
   return _abs_float32(m).astype(jnp.float32)
 
 
