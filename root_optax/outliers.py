@@ -276,7 +276,7 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
     keep = _finished(lo, hi, c_lo, c_hi, rank)
     pick = lambda old, new: jnp.where(keep, old, new)
     return (jnp.int32(1), pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
-            pick(bisect, ~halved & ~bisect | first), values)
+            pick(bisect, ~halved & ~bisect), values)
 
   def read(carry):
     _, lo, hi, c_lo, c_hi, bisect, _ = carry
