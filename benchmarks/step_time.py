@@ -5,17 +5,23 @@ Both optimizers run 5 Newton-Schulz steps of the same cost (ROOT with
 ``coefficients='muon'``: Muon's triple at every step, like optax's default),
 Nesterov momentum 0.95, weight decay 0.1, RMS scaling 0.2, and send the
 embeddings and non-matrix leaves to AdamW. ROOT adds its outlier threshold
-(``threshold_method``, default ``'fast'``). Timings alternate between the two
+(``threshold_method``, default ``'fast'``, and its ``threshold_rank_tolerance``,
+default 0). Timings alternate between the two
 optimizers in one process; the ratio is the median of the per-pair ratios.
 
   python benchmarks/step_time.py            # gpt-12x768, gpt-48x256 (~6 min on a quiet 2-core CPU)
   python benchmarks/step_time.py --quick    # small trees, ~1-2 min
   python benchmarks/step_time.py --trees all --json step.json
   python benchmarks/step_time.py --trees gpt-24x1024 --sequential   # fits in 24 GiB
+  python benchmarks/step_time.py --trees gpt-48x256 --fresh-compiles 3   # compile time in new processes
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
+import sys
 import time
 
 import jax
@@ -49,6 +55,28 @@ def _runner(compiled, params, state, grads):
   return run
 
 
+def _fresh_compile_seconds(tree: str, key: str, args) -> float:
+  """Compile seconds of ``key``'s first step in a new Python process.
+
+  Repeated compilations in one process drift (optax Muon's grew from 15 s to
+  22 s over three in one run), so each repeat starts clean.
+  """
+  command = [sys.executable, __file__, "--compile-only", key, "--trees", tree,
+             "--coefficients", args.coefficients, "--threshold-method", args.threshold_method,
+             "--threshold-rank-tolerance", str(args.threshold_rank_tolerance)]
+  out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["compile_s"]
+
+
+def _optimizers(args) -> dict:
+  return {
+      "root": lambda: _trees.root_optimizer(
+          coefficients=args.coefficients, threshold_method=args.threshold_method,
+          threshold_rank_tolerance=args.threshold_rank_tolerance),
+      "muon": _trees.muon_optimizer,
+  }
+
+
 def _interleaved_times(optimizers, params, grads, args, compile_s) -> dict:
   """Compiles every optimizer, then times their steps alternately."""
   compiled = {}
@@ -66,11 +94,7 @@ def bench_tree(name: str, args) -> dict:
   spec = _trees.TREES[name]
   params = _trees.make(spec, seed=0)
   grads = _trees.make(spec, seed=1, scale=1.0)
-  optimizers = {
-      "root": lambda: _trees.root_optimizer(
-          coefficients=args.coefficients, threshold_method=args.threshold_method),
-      "muon": _trees.muon_optimizer,
-  }
+  optimizers = _optimizers(args)
   compile_s = {k: [] for k in optimizers}
   if args.sequential:
     times = {}
@@ -84,6 +108,11 @@ def bench_tree(name: str, args) -> dict:
       del compiled, state, run  # frees this optimizer's buffers before the next one
   else:
     times = _interleaved_times(optimizers, params, grads, args, compile_s)
+  if args.fresh_compiles:
+    compile_s = {k: [] for k in optimizers}
+    for i in range(args.fresh_compiles):  # alternating order: neither always goes first
+      for key in (list(optimizers) if i % 2 == 0 else list(optimizers)[::-1]):
+        compile_s[key].append(_fresh_compile_seconds(name, key, args))
   return {
       "tree": name,
       "matrices": sum(_trees.matrix_shapes(spec).values()),
@@ -104,12 +133,24 @@ def main():
   p = _harness.parser(__doc__.splitlines()[0], repeats=3)
   p.add_argument("--trees", default="", help="comma list of tree names, or 'all'")
   p.add_argument("--threshold-method", default="fast", choices=("fast", "exact"))
+  p.add_argument("--threshold-rank-tolerance", type=float, default=0.0,
+                 help="root(threshold_rank_tolerance=...); 0 is the default, exact order statistics")
   p.add_argument("--coefficients", default="muon")
   p.add_argument("--compile-repeats", type=int, default=1)
+  p.add_argument("--fresh-compiles", type=int, default=0,
+                 help="also measure each compile time this many times in new processes (alternating order); "
+                      "these replace the in-process compile times")
+  p.add_argument("--compile-only", choices=("root", "muon"), help=argparse.SUPPRESS)
   p.add_argument("--sequential", action="store_true",
                  help="time one optimizer after the other, freeing each (gpt-24x1024 needs more than "
                       "24 GiB with both alive); the step ratio is then a ratio of medians")
   args = p.parse_args()
+  if args.compile_only:
+    spec = _trees.TREES[args.trees]
+    params, grads = _trees.make(spec, seed=0), _trees.make(spec, seed=1, scale=1.0)
+    seconds, _, _ = _compile(_optimizers(args)[args.compile_only](), params, grads)
+    print(json.dumps({"compile_s": seconds}))
+    return
   results = []
   for name in _trees.names(args.trees, args.quick):
     results.append(bench_tree(name, args))
@@ -119,7 +160,8 @@ def main():
   _harness.print_table(results, [
       "tree", "matrices", "leaves", "root_step_s", "muon_step_s", "step_ratio",
       "root_compile_s", "muon_compile_s", "compile_ratio"],
-      f"root(threshold_method={args.threshold_method!r}) vs optax.contrib.muon, "
+      f"root(threshold_method={args.threshold_method!r}, "
+      f"threshold_rank_tolerance={args.threshold_rank_tolerance}) vs optax.contrib.muon, "
       f"median of {args.repeats} interleaved steps")
   _harness.write_json(args.json, "step_time", args, results)
 

@@ -87,6 +87,7 @@ def root(
     quantile: float = 0.90,
     threshold: Optional[float] = None,
     threshold_method: str = outliers.FAST,
+    threshold_rank_tolerance: float = 0.0,
     coefficients: coefficients_lib.CoefficientSpec = "paper",
     ns_steps: int = 5,
     normalization: Optional[str] = None,
@@ -128,8 +129,11 @@ def root(
     nesterov: Use the Nesterov look-ahead ``G + mu M``.
     quantile: ``p`` in (0, 1] of the outlier threshold (0.90 in the paper).
     threshold: A fixed threshold instead of the quantile.
-    threshold_method: ``'fast'`` (counting search, sorts only a small sample;
-      exact order statistics) or ``'exact'`` (full sort).
+    threshold_method: ``'fast'`` (counting search, sorts only a small sample)
+      or ``'exact'`` (full sort).
+    threshold_rank_tolerance: For ``'fast'``, the largest share of a matrix's
+      entries, in [0, 1), between the threshold and the exact quantile;
+      default 0 (exact order statistics), see `soft_threshold_outliers`.
     coefficients: Newton-Schulz coefficient table; see
       `ada_newton_orthogonalize`. Default ``'paper'`` (Table 1).
     ns_steps: Newton-Schulz iterations.
@@ -180,6 +184,7 @@ def root(
   # Checked here too so that errors name root()'s arguments, not the inner ones.
   _validation.in_range("momentum", momentum, 0.0, 1.0, high_open=True)
   _validation.one_of("threshold_method", threshold_method, outliers.METHODS)
+  _validation.in_range("threshold_rank_tolerance", threshold_rank_tolerance, 0.0, 1.0, high_open=True)
   _validation.one_of("scaling", scaling, scaling_lib.MODES)
   _validation.float_dtype("compute_dtype", compute_dtype)
   _validation.float_dtype("mu_dtype", mu_dtype)
@@ -198,7 +203,8 @@ def root(
   root_chain = optax.chain(
       momentum_lib.trace(momentum, nesterov, mu_dtype),
       sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
-          quantile, threshold, threshold_method, weight_dimension_numbers=dims_fn)),
+          quantile, threshold, threshold_method, rank_tolerance=threshold_rank_tolerance,
+          weight_dimension_numbers=dims_fn)),
       orthogonalize.ada_newton_orthogonalize(
           coefficients, ns_steps, normalization, eps, compute_dtype,
           weight_dimension_numbers=dims_fn, sharding=sharding),

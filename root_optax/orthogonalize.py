@@ -17,40 +17,6 @@ from root_optax import newton_schulz as ns_lib
 from root_optax import sharding as sharding_lib
 
 
-def _orient(m: jax.Array) -> jax.Array:
-  """Makes each matrix wide (rows <= cols): the Gram matrix is then the small one."""
-  return jnp.swapaxes(m, -1, -2) if m.shape[-2] > m.shape[-1] else m
-
-
-def stack_groups(mats: list[jax.Array]) -> tuple[dict, list]:
-  """Orients matrix batches wide and concatenates those of one shape and dtype.
-
-  Returns:
-    ``(stacks, plan)``: ``stacks`` maps a group key ``(min, max, dtype)`` to a
-    ``(sum of batches, min, max)`` array; ``plan`` is what `unstack_groups`
-    needs to cut the results back.
-  """
-  groups = labels_lib.shape_groups([m.shape for m in mats], [m.dtype for m in mats])
-  stacks, plan = {}, []
-  for key, members in groups.items():
-    parts = [_orient(mats[i]) for i in members]
-    stacks[key] = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
-    plan.append((key, members, [p.shape[0] for p in parts]))
-  return stacks, plan
-
-
-def unstack_groups(results: dict, plan: list, mats: list[jax.Array]) -> list[jax.Array]:
-  """Inverse of `stack_groups`: one array per input, in input order and shape."""
-  out = [None] * len(mats)
-  for key, members, sizes in plan:
-    start = 0
-    for i, size in zip(members, sizes):
-      part = results[key][start:start + size]
-      start += size
-      out[i] = part if part.shape == mats[i].shape else jnp.swapaxes(part, -1, -2)
-  return out
-
-
 def _fallback_text(table: coefficients_lib.CoefficientTable, key) -> str:
   if table.fallback == coefficients_lib.NEAREST:
     near = coefficients_lib.nearest_key(key, table.shapes)
@@ -144,9 +110,10 @@ def ada_newton_orthogonalize(
         compute_dtype=compute_dtype, precision=precision)
 
   def orthogonalize_all(mats, place):
-    stacks, plan = stack_groups(mats)
+    stacks, plan = labels_lib.stack_groups(mats)
     results = {key: place(lambda s, k=key: orthogonalize(s, k), stack) for key, stack in stacks.items()}
-    return unstack_groups(results, plan, mats)
+    # One device: nothing is sharded, so the cuts may use opaque offsets.
+    return labels_lib.unstack_groups(results, plan, mats, opaque_offsets=jax.device_count() == 1)
 
   def update_fn(updates, state, params=None):
     del params

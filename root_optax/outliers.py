@@ -14,10 +14,12 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from root_optax import _validation
 from root_optax import dimensions
+from root_optax import labels as labels_lib
 
 EXACT = "exact"
 FAST = "fast"
@@ -71,7 +73,10 @@ def _check_quantile_args(ms, quantile) -> None:
 
 
 _SAMPLE = 1024  # entries per matrix sampled to bracket the quantile before counting
-_SAMPLE_SIGMAS = 4.0  # bracket half-width, in standard deviations of the sample rank
+# The first pass counts at the sample's order statistics this many binomial
+# standard deviations (of the sample rank) from the target: the inner pair
+# brackets the target about 2 times in 3, the outer pair almost always.
+_SAMPLE_SIGMAS = (-3.5, -1.0, 1.0, 3.5)
 _EXACT_FLOAT_COUNT = 2**24  # float32 counts integers exactly up to here
 _INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN |m|
 
@@ -96,9 +101,9 @@ def _per_matrix(v: jax.Array) -> jax.Array:
 def _distributed(m: jax.Array) -> bool:
   """True when ``m`` is sharded in its type or traced under a multi-device mesh.
 
-  Such matrices skip the sample bracket (sorting a sample gathers it) and
-  use one reduction per quantity, which XLA's partitioner turns into an
-  all-reduce of per-device partial results.
+  Such matrices are neither concatenated with others nor sampled (either
+  could gather them), and use one reduction per quantity, which XLA's
+  partitioner turns into an all-reduce of per-device partial results.
   """
   sharding = getattr(jax.typeof(m), "sharding", None)
   spec = getattr(sharding, "spec", None)
@@ -126,10 +131,10 @@ def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
   """``count(|m| <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
 
   On non-negative floats the order of bit patterns is the order of values,
-  so the search runs on bits and compares values (``m`` is the stored
-  float32 ``|m|``, see `_search_quantiles`). Counts are summed in float32, whose
-  reductions XLA:CPU compiles several times faster than int32 ones; exact up
-  to 2**24 entries, so larger matrices are counted per row first.
+  so the search runs on bits and compares values (``m`` is float32, or the
+  stored float32 ``|m|``, see `_search_quantiles`). Counts are summed in
+  float32, whose reductions XLA:CPU compiles several times faster than int32
+  ones; exact up to 2**24 entries, so larger matrices are counted per row first.
   """
   a = _abs32(m)
   masks = [(a <= _per_matrix(_as_float(v))).astype(jnp.float32) for v in probes]
@@ -152,59 +157,100 @@ def _sample_stride(rows: int, cols: int) -> int:
   return stride
 
 
-def _sample_bracket(m: jax.Array, rank: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Candidate bit patterns below and above order statistic ``rank`` from a sample.
+def _sample_probes(m: jax.Array, rank) -> list[jax.Array]:
+  """Ascending bit patterns around order statistic ``rank``, read off a sorted sample.
 
-  The sample's order statistics around ``rank / n`` bracket the matrix's with
-  high probability (``_SAMPLE_SIGMAS`` binomial standard deviations each
-  side); they are only the first pass's probes, so a sample that misses
-  costs passes, never accuracy.
+  Sample order statistics at ``_SAMPLE_SIGMAS`` binomial standard deviations
+  from ``rank / n``: the first pass counts at them. They only choose where
+  to count, so a sample that misses costs passes, never accuracy. A static
+  ``rank`` (a Python int) reads them by static slices, which compile faster
+  than gathers.
   """
   batch, rows, cols = m.shape
   n = rows * cols
   stride = _sample_stride(rows, cols)
   k = -(-n // stride)
   sample = jnp.sort(_as_bits(_abs32(m)).reshape(batch, n)[:, ::stride], axis=-1)
-  share = (rank.astype(jnp.float32) + 0.5) / n
+  static = isinstance(rank, int)
+  math_lib = np if static else jnp
+  share = (math_lib.float32(rank) + 0.5) / n
   center = share * k
-  half = _SAMPLE_SIGMAS * jnp.sqrt(k * share * (1 - share)) + 1.0
-  below = jnp.floor(center - half).astype(jnp.int32)
-  above = jnp.ceil(center + half).astype(jnp.int32)
-  pick = lambda i: jnp.take_along_axis(sample, jnp.clip(i, 0, k - 1)[:, None], axis=-1)[:, 0]
-  lo = jnp.where(below < 0, -1, pick(below))
-  hi = jnp.where(above >= k, _INT32_MAX, pick(above))
-  return lo, hi
+  sigma = math_lib.sqrt(k * share * (1 - share)) + 0.5
+  probes = []
+  for z in _SAMPLE_SIGMAS:
+    index = math_lib.clip((math_lib.floor if z < 0 else math_lib.ceil)(center + z * sigma), 0, k - 1)
+    if static:
+      probes.append(sample[:, int(index)])
+    else:
+      probes.append(jnp.take_along_axis(sample, jnp.broadcast_to(index.astype(jnp.int32), (batch, 1)), -1)[:, 0])
+  return probes
 
 
-_PROBE_MARGIN = 0.05  # each probe pair aims this share of the bracket's count beside the target
+def _narrow(bracket, rank, probes, counts):
+  """The tightest bracket ``(lo, hi, c_lo, c_hi)`` from the old one and ascending probes.
+
+  Counts grow with the probe: the new ends are the probes beside the rank.
+  """
+  lo, hi, c_lo, c_hi = bracket
+  for v, c in zip(probes, counts):
+    up = (c <= rank) & (v > lo)
+    lo, c_lo = jnp.where(up, v, lo), jnp.where(up, c, c_lo)
+  for v, c in zip(reversed(probes), reversed(counts)):
+    down = (c > rank) & (v < hi)
+    hi, c_hi = jnp.where(down, v, hi), jnp.where(down, c, c_hi)
+  return lo, hi, c_lo, c_hi
+
+
+# A probe may miss its count by a share of the bracket's count (the density
+# is not flat) plus this many standard deviations of the entries' scatter.
+_PROBE_MARGIN = 0.02
+_SCATTER_MARGIN = 0.5
+
+
+def _linear_in_value(lo, hi):
+  """Whether to interpolate values rather than bit patterns (within two binades)."""
+  lo_v, hi_v = _as_float(jnp.maximum(lo, 0)), _as_float(hi)
+  return (lo >= 0) & (hi < _INF_BITS) & (hi_v <= 4 * lo_v)
 
 
 def _interpolate(lo, hi, c_lo, c_hi, target):
-  """The bit pattern where the count reaches ``target``, linearly between the ends."""
-  width = (hi - lo).astype(jnp.float32)
-  share = (target - c_lo.astype(jnp.float32)) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
-  return lo + jnp.round(width * jnp.clip(share, 0.0, 1.0)).astype(jnp.int32)
+  """The bit pattern where the count should reach ``target``, linearly between the ends.
 
-
-def _next_probes(lo, hi, c_lo, c_hi, rank, bisect):
-  """Two probes that should land just below and just above the count ``rank + 1``.
-
-  Float bit patterns grow like ``log |x|``, so the empirical CDF over bit
-  patterns is smooth and interpolation (regula falsi) predicts the count of
-  a probe to within a small share of the bracket; aiming one probe a margin
-  below the target and one a margin above moves both ends of the bracket in
-  one pass (plain regula falsi moves one end only). A pass that halved
-  neither the bracket nor its count is followed by a bisection pass, so the
-  worst case stays about twice the 31 passes of plain bisection.
+  Linear in value when the ends are close (the entries' density is nearly
+  flat there), else in bit patterns, which grow like ``log |x|`` and so
+  also narrow brackets spanning many binades.
   """
-  # Near the end (a few entries left) the probes aim at counts rank + 1/2 and rank + 3/2.
-  margin = _PROBE_MARGIN * (c_hi - c_lo).astype(jnp.float32) + 0.5
+  share = (target - c_lo.astype(jnp.float32)) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+  share = jnp.clip(share, 0.0, 1.0)
+  lo_v, hi_v = _as_float(jnp.maximum(lo, 0)), _as_float(hi)
+  in_value = _as_bits(lo_v + (hi_v - lo_v) * share)
+  in_bits = lo + jnp.round((hi - lo).astype(jnp.float32) * share).astype(jnp.int32)
+  return jnp.where(_linear_in_value(lo, hi), in_value, in_bits)
+
+
+def _next_probes(lo, hi, c_lo, c_hi, rank, bisect) -> list[jax.Array]:
+  """Four ascending probes around the count ``rank + 1``: two close, two far.
+
+  Interpolation (regula falsi) predicts a probe's count to within about
+  ``sqrt(c_hi - c_lo) / 2`` entries (their scatter) plus a small share of
+  the bracket (the density's slope). The inner pair aims that margin below
+  and above the target, so one pass usually moves both ends of the bracket
+  (plain regula falsi moves one end only); the outer pair, three margins
+  out, still shrinks the bracket when the inner pair misses. A pass that
+  halved neither the bracket nor its count is followed by a pass at evenly
+  spaced probes, so the worst case stays within about twice the passes of
+  plain bisection.
+  """
+  inside = (c_hi - c_lo).astype(jnp.float32)
+  margin = _PROBE_MARGIN * inside + _SCATTER_MARGIN * jnp.sqrt(inside) / 2 + 0.5
   target = rank.astype(jnp.float32) + 1.0
-  below = _interpolate(lo, hi, c_lo, c_hi, target - margin)
-  above = _interpolate(lo, hi, c_lo, c_hi, target + margin)
-  mid = lo + (hi - lo) // 2
-  clip = lambda v: jnp.clip(jnp.where(bisect, mid, v), lo + 1, hi - 1)
-  return clip(below), clip(jnp.maximum(above, below))
+  probes, floor = [], lo + 1
+  for k, reach in enumerate((-3.0, -1.0, 1.0, 3.0)):
+    aimed = _interpolate(lo, hi, c_lo, c_hi, target + reach * margin)
+    even = lo + ((hi - lo).astype(jnp.float32) * (k + 1) / 5).astype(jnp.int32)
+    floor = jnp.clip(jnp.where(bisect, even, aimed), floor, hi - 1)
+    probes.append(floor)
+  return probes
 
 
 def _finished(lo, hi, c_lo, c_hi, rank):
@@ -212,95 +258,125 @@ def _finished(lo, hi, c_lo, c_hi, rank):
   return (c_hi == rank + 1) | ((c_lo == rank) & (c_hi == rank + 2)) | (hi - lo <= 1)
 
 
-def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list,
-                      pieces: Optional[list[list[int]]] = None) -> list[list[jax.Array]]:
+def _end_errors(c_lo, c_hi, rank):
+  """Upper bounds on the entries strictly between the quantile and ``lo``, and ``hi``."""
+  return rank + 1 - c_lo, c_hi - rank - 1
+
+
+def _close_ends(lo, hi, c_lo, c_hi, rank, slack):
+  """Whether ``lo`` and ``hi`` are each within ``slack`` ranks of the quantile (``slack >= 1``)."""
+  below, above = _end_errors(c_lo, c_hi, rank)
+  return (slack > 0) & (lo >= 0) & (below <= slack), (slack > 0) & (hi < _INF_BITS) & (above <= slack)
+
+
+def _close_enough(lo, hi, c_lo, c_hi, rank, slack):
+  """True once an end of the bracket is within ``slack`` ranks of the quantile."""
+  lo_close, hi_close = _close_ends(lo, hi, c_lo, c_hi, rank, slack)
+  return lo_close | hi_close
+
+
+def _estimate(lo, hi, c_lo, c_hi, rank, frac, slack):
+  """The quantile within ``slack`` ranks, from a `_close_enough` bracket.
+
+  Inside a bracket of at most ``slack`` entries, interpolated as if they
+  were evenly spread (every value in ``[lo, hi]`` is within ``c_hi - c_lo``
+  ranks); otherwise the end with the smaller `_end_errors` bound.
+  """
+  lo_close, hi_close = _close_ends(lo, hi, c_lo, c_hi, rank, slack)
+  lo_v, hi_v = _as_float(jnp.maximum(lo, 0)), _as_float(hi)
+  inside = jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+  share = jnp.clip((rank.astype(jnp.float32) + frac - c_lo.astype(jnp.float32) + 0.5) / inside, 0.0, 1.0)
+  interpolated = lo_v + (hi_v - lo_v) * share
+  below, above = _end_errors(c_lo, c_hi, rank)
+  nearer = jnp.where(lo_close & (~hi_close | (below <= above)), lo_v, hi_v)
+  return jnp.where(lo_close & hi_close & (c_hi - c_lo <= slack), interpolated, nearer)
+
+
+def _first_probes(m, rank):
+  """The sample probes of `_sample_probes`, or None for a distributed matrix."""
+  return None if _distributed(m) else _sample_probes(m, rank)
+
+
+def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list, slacks: list) -> list[jax.Array]:
   """Interpolated order statistics ``rank + frac`` (0-based) of each matrix's ``|m|``.
 
-  One loop shared by all stacks: the first pass counts at a sample's bracket
-  (`_sample_bracket`), the next ones at interpolated probes. The
-  per-matrix state is one vector over every matrix of every stack, so the
-  compiled body has one counting pass per stack and a fixed number of other
-  operations. Invariant: ``c_lo = count(<= lo) <= rank <
-  count(<= hi) = c_hi``. Once every bracket is `_finished`, a last iteration
-  reads the two order statistics off it and interpolates. Computing the
-  value inside the loop makes it a loop output that XLA stores once; computed
-  after the loop, its few scalar operations were fused into every leaf's clip
-  and compiled once per leaf. For the same reason the values leave the loop
-  already cut into ``pieces`` (e.g. one per leaf of a concatenated stack).
+  A first pass counts at a sample's order statistics (`_first_bracket`),
+  then one loop shared by all stacks counts at two interpolated probes a
+  pass. The per-matrix state is one vector over every matrix of every
+  stack, so the compiled body has one counting pass per stack and a fixed
+  number of other operations. Invariant: ``c_lo = count(<= lo) <= rank <
+  count(<= hi) = c_hi``. The loop ends once every bracket is `_finished`
+  (its two order statistics can be read) or holds at most ``slack`` entries
+  (`_close_enough`, the value is estimated inside it). The last iteration
+  computes the values, so that they are loop outputs that XLA stores once.
 
   Args:
     ms: ``(b, rows, cols)`` stacks.
     ranks: Per stack, the rank (a scalar).
     fracs: Per stack, the interpolation fraction (a scalar).
-    pieces: Per stack, the sizes its values are cut into (default: whole).
+    slacks: Per stack, the rank error allowed (an int >= 0).
 
   Returns:
-    Per stack, a list of float32 vectors (one value per matrix).
+    Per stack, a float32 vector (one value per matrix).
   """
   sizes = [m.shape[0] for m in ms]
-  split = lambda v, parts=sizes: [v[o:o + n] for o, n in zip(_offsets(parts), parts)]
-  pieces = [[n] for n in sizes] if pieces is None else pieces
-  cuts = [n for parts in pieces for n in parts]
-  per_matrix = lambda values: jnp.concatenate(
-      [jnp.broadcast_to(v, (s,)) for v, s in zip(values, sizes)])
-  rank, frac = per_matrix(ranks), per_matrix(fracs)
-  # Every pass reads these buffers, as operands of the loop: recomputed inside
-  # each pass, a low-precision input could round differently from pass to pass
-  # (XLA drops convert pairs in some fusions), and the counts would disagree.
-  ms = [_abs32(m) for m in ms]
-
-  # The first pass counts at a sample bracket (`_sample_bracket`); later passes
-  # at interpolated probes. Both start from the whole range, which needs no count.
-  # Distributed matrices skip the sample: sorting it would gather it.
-  sampled = per_matrix([not _distributed(m) for m in ms])
-  samples = [_sample_bracket(m, jnp.broadcast_to(r, (m.shape[0],))) if not _distributed(m)
-             else (jnp.zeros(m.shape[:1], jnp.int32),) * 2 for m, r in zip(ms, ranks)]
-  sample_lo, sample_hi = (jnp.concatenate(parts) for parts in zip(*samples))
+  split = lambda v: [v[o:o + n] for o, n in zip(_offsets(sizes), sizes)]
+  per_matrix = lambda values, dtype=jnp.int32: jnp.concatenate(
+      [jnp.broadcast_to(jnp.asarray(v, dtype), (s,)) for v, s in zip(values, sizes)])
+  rank, frac, slack = per_matrix(ranks), per_matrix(fracs, jnp.float32), per_matrix(slacks)
+  # Every pass reads the same buffers: recomputed inside each pass, a
+  # low-precision input could round differently from pass to pass (XLA drops
+  # convert pairs in some fusions), and the counts would disagree. Float32
+  # needs no copy, its |m| is exact.
+  ms = [m if m.dtype == jnp.float32 else _abs32(m) for m in ms]
+  sampled = [_first_probes(m, r) for m, r in zip(ms, ranks)]
+  has_sample = per_matrix([p is not None for p in sampled], bool)
+  sample = [jnp.concatenate([p[k] if p is not None else jnp.zeros((n,), jnp.int32)
+                             for p, n in zip(sampled, sizes)]) for k in range(len(_SAMPLE_SIGMAS))]
+  n = per_matrix([m.shape[-2] * m.shape[-1] for m in ms])
+  lo, hi, c_lo, c_hi = jnp.full_like(rank, -1), jnp.full_like(rank, _INF_BITS), jnp.zeros_like(rank), n
 
   def search(carry):
     phase, lo, hi, c_lo, c_hi, bisect, values = carry
-    first = (phase == 0) & sampled
-    below, above = _next_probes(lo, hi, c_lo, c_hi, rank, bisect)
-    below = jnp.where(first, jnp.clip(sample_lo, lo + 1, hi - 1), below)
-    above = jnp.where(first, jnp.clip(sample_hi, below, hi - 1), above)
-    pairs = [_counts_le(m, [b, a]) for m, b, a in zip(ms, split(below), split(above))]
-    c_below = jnp.concatenate([b for b, _ in pairs])
-    c_above = jnp.concatenate([a for _, a in pairs])
-    # Counts grow with the probe: the bracket's new ends are the probes beside the rank.
-    a_low, b_low = c_below <= rank, c_above <= rank
-    lo2 = jnp.where(b_low, above, jnp.where(a_low, below, lo))
-    c_lo2 = jnp.where(b_low, c_above, jnp.where(a_low, c_below, c_lo))
-    hi2 = jnp.where(a_low, jnp.where(b_low, hi, above), below)
-    c_hi2 = jnp.where(a_low, jnp.where(b_low, c_hi, c_above), c_below)
+    first = (phase == 0) & has_sample
+    probes = [jnp.where(first, p, q) for p, q in zip(sample, _next_probes(lo, hi, c_lo, c_hi, rank, bisect))]
+    per_stack = [_counts_le(m, list(ps)) for m, ps in zip(ms, zip(*(split(p) for p in probes)))]
+    counts = [jnp.concatenate(c) for c in zip(*per_stack)]
+    lo2, hi2, c_lo2, c_hi2 = _narrow((lo, hi, c_lo, c_hi), rank, probes, counts)
     halved = (2 * (hi2 - lo2) <= hi - lo) | (2 * (c_hi2 - c_lo2) <= c_hi - c_lo)
-    keep = _finished(lo, hi, c_lo, c_hi, rank)
+    keep = _settled(lo, hi, c_lo, c_hi)
     pick = lambda old, new: jnp.where(keep, old, new)
+    halved = halved | first
     return (jnp.int32(1), pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
             pick(bisect, ~halved & ~bisect), values)
 
-  def read(carry):
-    _, lo, hi, c_lo, c_hi, bisect, _ = carry
+  def _settled(lo, hi, c_lo, c_hi):
+    return _finished(lo, hi, c_lo, c_hi, rank) | _close_enough(lo, hi, c_lo, c_hi, rank, slack)
+
+  def read(lo, hi, c_lo, c_hi):
     pairs = [_read_pair(m, *state) for m, state in
              zip(ms, zip(*(split(v) for v in (lo, hi, c_lo, c_hi, rank))))]
     low = _as_float(jnp.concatenate([p[0] for p in pairs]))
     high = _as_float(jnp.concatenate([p[1] for p in pairs]))
-    value = low * (1 - frac) + high * frac
-    return jnp.int32(2), lo, hi, c_lo, c_hi, bisect, tuple(split(value, cuts))
+    return low * (1 - frac) + high * frac
+
+  def finish(carry):
+    _, lo, hi, c_lo, c_hi, bisect, _ = carry
+    close = _close_enough(lo, hi, c_lo, c_hi, rank, slack)
+    estimate = _estimate(lo, hi, c_lo, c_hi, rank, frac, slack)
+    # A matrix's value depends on its own search only, not on which matrices
+    # share the loop (stacked or per leaf, sharded or not).
+    value = jax.lax.cond(jnp.all(close), lambda: estimate,
+                         lambda: jnp.where(close, estimate, read(lo, hi, c_lo, c_hi)))
+    return jnp.int32(2), lo, hi, c_lo, c_hi, bisect, value
 
   def body(carry):
-    phase, lo, hi, c_lo, c_hi = carry[:5]
-    done = (phase == 1) & jnp.all(_finished(lo, hi, c_lo, c_hi, rank))
-    return jax.lax.cond(done, read, search, carry)
+    done = (carry[0] == 1) & jnp.all(_settled(*carry[1:5]))
+    return jax.lax.cond(done, finish, search, carry)
 
-  # Whole range: every |m| bit pattern lies in (-1, inf]; a NaN above it only
-  # makes the (then meaningless) result inexact, the loop still ends.
-  n = jnp.asarray([m.shape[-2] * m.shape[-1] for m in ms for _ in range(m.shape[0])], jnp.int32)
-  init = (jnp.int32(0), jnp.full_like(rank, -1), jnp.full_like(rank, _INF_BITS),
-          jnp.zeros_like(rank), n, jnp.zeros_like(rank, bool),
-          tuple(jnp.zeros((k,), jnp.float32) for k in cuts))
+  init = (jnp.int32(0), lo, hi, c_lo, c_hi, jnp.zeros_like(rank, bool), jnp.zeros_like(frac))
   final = jax.lax.while_loop(lambda carry: carry[0] < 2, body, init)
-  values = list(final[6])
-  return [[values.pop(0) for _ in parts] for parts in pieces]
+  return split(final[6])
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -327,95 +403,102 @@ def _read_pair(m, lo, hi, c_lo, c_hi, rank):
 
 
 def _rank_and_fraction(quantile, n: int):
-  """``floor(p (n - 1))`` and its fractional part; in float64 when ``p`` is static."""
+  """``floor(p (n - 1))`` and its fractional part: Python numbers (float64) when ``p`` is static."""
   if isinstance(quantile, (int, float)):
     pos = float(quantile) * (n - 1)
     rank = math.floor(pos)
-    return jnp.int32(rank), jnp.float32(pos - rank)
+    return rank, pos - rank
   pos = jnp.asarray(quantile, jnp.float32) * (n - 1)
   rank = jnp.floor(pos)
   return rank.astype(jnp.int32), pos - rank
 
 
-def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike) -> list[jax.Array]:
+def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike,
+                       rank_tolerance: float = 0.0) -> list[jax.Array]:
   """``quantile(|m|, p)`` over the last two axes of each ``m``, without a full sort.
 
-  Finds the two order statistics around ``p (n - 1)`` exactly: a sorted
-  sample of about 1024 entries per matrix brackets them, one counting pass
-  checks the bracket, and a safeguarded interpolation search on the float32
-  bit patterns of ``|m|`` (two probes per counting pass, passes shared by
-  all matrices, typically 5-12) narrows it until one last pass reads both
-  values; then interpolates linearly. The same value as `exact_abs_quantile` up to float rounding (rank
-  error 0), whatever the sample.
+  A sorted sample of about 1024 entries per matrix places four probes
+  around the order statistic ``p (n - 1)``; one counting pass brackets it
+  between two of them. A safeguarded interpolation search (two probes per
+  counting pass, passes shared by all matrices) then narrows the bracket.
+  With ``rank_tolerance=0`` it goes on until one last pass reads the two
+  order statistics around ``p (n - 1)``, then interpolates linearly: the
+  value of `exact_abs_quantile` up to float rounding (rank error 0),
+  whatever the sample. Otherwise it stops once the bracket holds at most
+  ``rank_tolerance * n`` entries and interpolates inside it, so at most that
+  many entries lie between the result and the exact quantile.
+
+  Args:
+    ms: Arrays of at least two dimensions.
+    quantile: ``p`` in [0, 1].
+    rank_tolerance: Largest rank error allowed, as a fraction of each
+      matrix's entries, in [0, 1).
 
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
   _check_quantile_args(ms, quantile)
-  values = _fast_quantile_pieces([m.reshape((-1,) + m.shape[-2:]) for m in ms], quantile)
-  return [v[0].reshape(m.shape[:-2]) for m, v in zip(ms, values)]
+  _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
+  stacks = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
+  values = _fast_quantile_values(stacks, quantile, rank_tolerance)
+  return [v.reshape(m.shape[:-2]) for m, v in zip(ms, values)]
 
 
-def _fast_quantile_pieces(stacks: list[jax.Array], quantile, pieces=None) -> list[list[jax.Array]]:
-  """`fast_abs_quantiles` of ``(b, rows, cols)`` stacks, cut as `_search_quantiles` cuts."""
-  ranks, fracs = zip(*(_rank_and_fraction(quantile, s.shape[-2] * s.shape[-1]) for s in stacks))
-  return _search_quantiles(stacks, list(ranks), list(fracs), pieces)
+def _fast_quantile_values(stacks: list[jax.Array], quantile, rank_tolerance) -> list[jax.Array]:
+  """`fast_abs_quantiles` of ``(b, rows, cols)`` stacks: one float32 vector per stack."""
+  if not stacks:
+    return []
+  sizes = [s.shape[-2] * s.shape[-1] for s in stacks]
+  ranks, fracs = zip(*(_rank_and_fraction(quantile, n) for n in sizes))
+  slacks = [jnp.floor(jnp.asarray(rank_tolerance, jnp.float32) * n).astype(jnp.int32) for n in sizes]
+  return _search_quantiles(stacks, list(ranks), list(fracs), slacks)
 
 
-def _shape_stacks(ms: list[jax.Array]) -> tuple[list[jax.Array], list[tuple[list[int], list[int]]]]:
-  """Concatenates the matrix batches of one ``(rows, cols)`` and dtype along a batch axis.
+def _groups(mats: list[jax.Array]) -> tuple[dict, list]:
+  """`labels.stack_groups` of ``(b, rows, cols)`` batches; one group per matrix batch if any is distributed.
 
-  Returns:
-    ``(stacks, plan)``: ``(b, rows, cols)`` stacks and, per stack, the input
-    indices it holds and their batch sizes.
+  Distributed matrices (see `_distributed`) are not concatenated: same-shape
+  leaves may be sharded differently, and a concatenation would gather some.
+  Per leaf, the fast search only all-reduces counts.
   """
-  groups: dict = {}
-  for i, m in enumerate(ms):
-    groups.setdefault((m.shape[-2:], jnp.dtype(m.dtype).name), []).append(i)
-  stacks, plan = [], []
-  for members in groups.values():
-    parts = [ms[i].reshape((-1,) + ms[i].shape[-2:]) for i in members]
-    stacks.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
-    plan.append((members, [p.shape[0] for p in parts]))
-  return stacks, plan
+  if any(_distributed(m) for m in mats):
+    return dict(enumerate(mats)), [(i, [i], [m.shape[0]]) for i, m in enumerate(mats)]
+  return labels_lib.stack_groups(mats)
 
 
-def _unstack(stack: jax.Array, members: list[int], sizes: list[int], ms: list[jax.Array]) -> dict:
-  """Cuts a per-matrix vector back into its members' batch shapes."""
+def _stack_quantiles(stacks: dict, quantile, method: str, rank_tolerance) -> dict:
+  """Per group key, the quantile of each stacked matrix (a float32 vector)."""
+  if method == EXACT:
+    return {key: exact_abs_quantile(stack, quantile) for key, stack in stacks.items()}
+  values = _fast_quantile_values(list(stacks.values()), quantile, rank_tolerance)
+  return dict(zip(stacks, values))
+
+
+def _per_member(vectors: dict, plan: list) -> dict:
+  """Cuts per-group vectors (one entry per stacked matrix) into per-input pieces."""
   out = {}
-  for i, start, size in zip(members, _offsets(sizes), sizes):
-    out[i] = stack[start:start + size].reshape(ms[i].shape[:-2] + stack.shape[1:])
+  for key, members, sizes in plan:
+    for i, start, size in zip(members, _offsets(sizes), sizes):
+      out[i] = vectors[key][start:start + size]
   return out
 
 
-def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST) -> list[jax.Array]:
-  """`exact_abs_quantile` or `fast_abs_quantiles` for a list of matrix batches.
+def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST,
+                  rank_tolerance: float = 0.0) -> list[jax.Array]:
+  """`exact_abs_quantile` or `fast_abs_quantiles` (within ``rank_tolerance``) for a list of matrix batches.
 
-  Matrices of one shape and dtype are concatenated into one stack first, so
-  the compiled step holds one quantile computation per shape, not per leaf
-  (with the per-leaf values leaving the search loop, this took ROOT's
-  compile time on a 48-layer GPT tree from 1.9x to 0.6x optax Muon's). Distributed matrices (see `_distributed`) are not.
+  Matrices of one shape and dtype (up to transposition) are concatenated
+  into one stack first, as `labels.stack_groups` does, so the compiled step
+  holds one quantile computation per shape, not per leaf.
 
   Returns:
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
   _check_quantile_args(ms, quantile)
-  if any(_distributed(m) for m in ms):
-    # Same-shape leaves may be sharded differently; concatenating them would
-    # gather some. Per leaf, the fast search only all-reduces counts.
-    stacks = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
-    plan = [([i], [s.shape[0]]) for i, s in enumerate(stacks)]
-  else:
-    stacks, plan = _shape_stacks(ms)
-  out = {}
-  if method == EXACT:
-    for stack, (members, sizes) in zip(stacks, plan):
-      out.update(_unstack(exact_abs_quantile(stack, quantile), members, sizes, ms))
-  else:
-    cuts = [sizes for _, sizes in plan]
-    for parts, (members, _) in zip(_fast_quantile_pieces(stacks, quantile, cuts), plan):
-      out.update({i: v.reshape(ms[i].shape[:-2]) for i, v in zip(members, parts)})
-  return [out[i] for i in range(len(ms))]
+  flat = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
+  stacks, plan = _groups(flat)
+  values = _per_member(_stack_quantiles(stacks, quantile, method, rank_tolerance), plan)
+  return [values[i].reshape(m.shape[:-2]) for i, m in enumerate(ms)]
 
 
 def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
@@ -445,6 +528,7 @@ def soft_threshold_outliers(
     threshold: Optional[float] = None,
     method: str = FAST,
     *,
+    rank_tolerance: float = 0.0,
     offset: float = REFERENCE_OFFSET,
     weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
     track_outliers: bool = False,
@@ -463,8 +547,16 @@ def soft_threshold_outliers(
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
     threshold: A fixed ``eps >= 0`` instead of the quantile.
     method: ``'exact'`` (a sort, as the reference) or ``'fast'`` (a counting
-      search from a sorted ~1024-entry sample, no full sort; the same order
-      statistics, rank error 0).
+      search from a sorted ~1024-entry sample, no full sort; see
+      `fast_abs_quantiles`).
+    rank_tolerance: For ``'fast'``: at most this share of a matrix's entries,
+      in [0, 1), lie between ``eps - offset`` and the exact quantile. The
+      default 0 gives the exact order statistics (the reference's value up
+      to float rounding): continuous in ``M``, so sharded and single-device
+      runs agree. 1e-3 clips ``1 - p`` of the entries to within 0.1 points
+      in about a third of the counting passes (``docs/performance.md``), but
+      the value then jumps with the passes taken, and runs whose momenta
+      differ by rounding (e.g. differently sharded) drift apart.
     offset: Added to the quantile (the reference adds 1e-9), >= 0.
     weight_dimension_numbers: Which leaves are matrices and how to view
       higher-rank leaves; see `root_optax.dimensions.resolve`.
@@ -481,6 +573,7 @@ def soft_threshold_outliers(
   if threshold is not None:
     _validation.at_least("threshold", threshold, 0.0)
   _validation.one_of("method", method, METHODS)
+  _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
   _validation.at_least("offset", offset, 0.0)
   _validation.boolean("track_outliers", track_outliers)
   dimensions.validate_spec(weight_dimension_numbers)
@@ -490,10 +583,11 @@ def soft_threshold_outliers(
       return SoftThresholdState(outlier_fraction=None)
     return SoftThresholdState(jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
 
-  def thresholds(mats):
+  def thresholds(stacks):
     if threshold is not None:
-      return [jnp.full(m.shape[:-2], threshold, jnp.float32) for m in mats]
-    return [q + offset for q in abs_quantiles(mats, quantile, method)]
+      return {key: jnp.full(s.shape[:1], threshold, jnp.float32) for key, s in stacks.items()}
+    values = _stack_quantiles(stacks, quantile, method, rank_tolerance)
+    return {key: v + offset for key, v in values.items()}
 
   def update_fn(updates, state, params=None):
     del params
@@ -501,15 +595,21 @@ def soft_threshold_outliers(
     dims = dimensions.resolve(weight_dimension_numbers, updates)
     picked = [i for i, d in enumerate(dims) if d is not None]
     mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
-    new_leaves = list(leaves)
-    fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
-    for i, m, eps in zip(picked, mats, thresholds(mats)):
-      base, outliers = split_outliers(m, eps[..., None, None])
-      base = _propagate_infinities(m, base)
-      new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
+    # Clipped as stacks, as Newton-Schulz stacks them next (see `labels.stack_groups`).
+    stacks, plan = _groups(mats)
+    bases, clipped = {}, {}
+    for key, eps in thresholds(stacks).items():
+      base, outliers = split_outliers(stacks[key], eps[:, None, None])
+      bases[key] = _propagate_infinities(stacks[key], base)
       if track_outliers:
-        fractions[i] = jnp.mean((outliers != 0).astype(jnp.float32))
+        clipped[key] = jnp.mean((outliers != 0).astype(jnp.float32), axis=(1, 2))
+    new_leaves = list(leaves)
+    for i, base in zip(picked, labels_lib.unstack_groups(bases, plan, mats)):
+      new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
     if track_outliers:
+      fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
+      for j, share in _per_member(clipped, plan).items():
+        fractions[picked[j]] = jnp.mean(share)
       state = SoftThresholdState(jax.tree.unflatten(treedef, fractions))
     return jax.tree.unflatten(treedef, new_leaves), state
 

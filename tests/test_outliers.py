@@ -1,5 +1,6 @@
 """Tests for root_optax.outliers."""
 
+import chex
 import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -123,7 +124,8 @@ def test_zero_and_bf16_inputs_stay_finite():
 @pytest.mark.parametrize("kwargs, name", [
     ({"quantile": 0.0}, "quantile"), ({"quantile": 1.5}, "quantile"),
     ({"threshold": -1.0}, "threshold"), ({"method": "sort"}, "method"),
-    ({"offset": -1e-9}, "offset")])
+    ({"offset": -1e-9}, "offset"), ({"rank_tolerance": 1.0}, "rank_tolerance"),
+    ({"rank_tolerance": -0.1}, "rank_tolerance")])
 def test_invalid_hyperparameters(kwargs, name):
   with pytest.raises(ValueError, match=name):
     root_optax.soft_threshold_outliers(**kwargs)
@@ -177,3 +179,90 @@ def test_same_shape_leaves_get_their_own_thresholds():
     for k in range(2):
       m = tree["v"][k].astype(np.float64)
       np.testing.assert_allclose(out["v"][k], _reference.clip_outliers(m, _reference.threshold(m)), rtol=1e-6)
+
+
+def _rank_error(m: np.ndarray, value: float, q: float) -> int:
+  """Entries of ``|m|`` strictly between ``value`` and the exact quantile (float64)."""
+  a = np.abs(m.astype(np.float64)).ravel()
+  lo, hi = sorted((float(value), float(np.quantile(a, q))))
+  return int(np.count_nonzero((a > lo) & (a < hi)))
+
+
+_DISTRIBUTIONS = {
+    "normal": lambda rng, shape: rng.normal(size=shape),
+    "cauchy": lambda rng, shape: rng.standard_t(1, size=shape),
+    "uniform": lambda rng, shape: rng.uniform(size=shape),
+    "ties": lambda rng, shape: rng.integers(-20, 21, size=shape) * 0.5,
+    "scaled_rows": lambda rng, shape: rng.normal(size=shape) * np.logspace(-3, 3, shape[-2])[:, None],
+}
+
+
+_jitted_fast_quantile = jax.jit(lambda m, q, tolerance: root_optax.fast_abs_quantiles([m], q, tolerance)[0])
+
+
+@pytest.mark.parametrize("dist", sorted(_DISTRIBUTIONS))
+@pytest.mark.parametrize("shape", [(3, 96, 160), (256, 130)])
+def test_rank_tolerance_bounds_the_rank_error(dist, shape):
+  m = _DISTRIBUTIONS[dist](np.random.default_rng(7), shape).astype(np.float32)
+  mats = m.reshape((-1,) + shape[-2:])
+  for q in (0.5, 0.9, 0.99):
+    for tolerance in (1e-3, 1e-2, 0.1):
+      got = _jitted_fast_quantile(jnp.asarray(m), q, tolerance)
+      allowed = int(np.floor(np.float32(tolerance) * mats[0].size))
+      for mat, value in zip(mats, np.ravel(got)):
+        assert _rank_error(mat, value, q) <= allowed, (q, tolerance)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    m=hnp.arrays(np.float32, st.tuples(st.integers(1, 30), st.integers(1, 30)),
+                 elements=st.sampled_from([0.0, 0.5, -1.0, 2.0, 1e-30, 3e30, 7.0])
+                 | st.floats(-1e6, 1e6, width=32)),
+    q=st.floats(0.0, 1.0),
+    tolerance=st.sampled_from([0.0, 0.01, 0.1, 0.5]))
+def test_rank_tolerance_property(m, q, tolerance):
+  got = float(_jitted_fast_quantile(jnp.asarray(m), q, tolerance))
+  allowed = int(np.floor(np.float32(tolerance) * m.size))
+  assert _rank_error(m, got, q) <= allowed
+  if allowed == 0:
+    np.testing.assert_allclose(got, np.quantile(np.abs(m.astype(np.float64)), q), rtol=1e-6)
+
+
+def test_rank_tolerance_stops_early():
+  """A 5% tolerance ends the search before the order statistics are read.
+
+  Guards the speed knob: were the early stop dead, the value would be the exact
+  quantile. The error stays within 5% of the entries.
+  """
+  m = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
+  got = float(root_optax.fast_abs_quantiles([jnp.asarray(m)], 0.9, 0.05)[0])
+  assert 0 < _rank_error(m, got, 0.9) <= 0.05 * m.size
+
+
+def test_rank_tolerance_value_does_not_depend_on_stacking():
+  """Each matrix's value comes from its own search, whether stacked with others or not."""
+  rng = np.random.default_rng(3)
+  ms = [jnp.asarray(rng.standard_t(3, size=s).astype(np.float32)) for s in ((3, 64, 96), (64, 96), (96, 64))]
+  together = outliers.abs_quantiles(ms, 0.9, outliers.FAST, 0.01)
+  for m, value in zip(ms, together):
+    np.testing.assert_array_equal(value, outliers.abs_quantiles([m], 0.9, outliers.FAST, 0.01)[0])
+
+
+@pytest.mark.parametrize("p", [0.8, 0.9])
+def test_transform_with_rank_tolerance_clips_about_one_minus_p(p):
+  m = np.random.default_rng(1).standard_t(3, size=(200, 300)).astype(np.float32)
+  tx = root_optax.soft_threshold_outliers(p, rank_tolerance=0.01, track_outliers=True)
+  out, state = tx.update({"w": jnp.asarray(m)}, tx.init({"w": m}))
+  clipped = float(state.outlier_fraction["w"]) * m.size
+  assert abs(clipped - (1 - p) * (m.size - 1)) <= 0.01 * m.size + 1
+  assert np.max(np.abs(np.asarray(out["w"]))) < np.max(np.abs(m))
+
+
+def test_tree_without_matrices_passes_through():
+  tree = {"b": jnp.arange(3.0), "s": jnp.float32(2.0)}
+  for method in ("fast", "exact"):
+    tx = root_optax.soft_threshold_outliers(method=method, track_outliers=True)
+    out, state = tx.update(tree, tx.init(tree))
+    chex.assert_trees_all_equal(out, tree)
+    chex.assert_trees_all_equal(state.outlier_fraction, {"b": 0.0, "s": 0.0})
+  assert root_optax.fast_abs_quantiles([], 0.9) == []

@@ -8,6 +8,7 @@ that the benchmarks report (`ns_flops`) against the matmuls actually traced.
 
 import importlib
 import math
+import re
 import warnings
 
 import jax
@@ -124,3 +125,36 @@ def test_optax_muon_does_the_standard_flops():
   jaxpr = jax.make_jaxpr(lambda v: optax.contrib._muon.orthogonalize_via_newton_schulz(
       v, jnp.asarray((3.4445, -4.7750, 2.0315)), 5))(x)
   assert sum(_dot_flops(jaxpr)) == ns_lib.ns_flops(16, 48, 5, "standard")
+
+
+def _distinct_kernels(fn, *args) -> int:
+  """Distinct fused kernels in ``fn``'s compiled HLO, up to names (each costs compile time)."""
+  text = jax.jit(fn).lower(*args).compile().as_text()
+  bodies = set()
+  for block in re.findall(r"^%fused_computation[^\n]*\{\n(.*?)\n\}", text, re.M | re.S):
+    block = re.sub(r", metadata=\{[^}]*\}", "", block)
+    bodies.add(re.sub(r"%[\w.\-]+", "%v", block))
+  return len(bodies)
+
+
+def test_unstacking_compiles_one_kernel_per_shape_not_per_leaf():
+  """Cutting Newton-Schulz stacks at opaque offsets: more leaves, not more kernels."""
+  tx = root_optax.ada_newton_orthogonalize("muon")
+  counts = {}
+  for leaves in (4, 16):
+    tree = [jnp.ones((D, 2 * D)) * (i + 1) for i in range(leaves)]
+    counts[leaves] = _distinct_kernels(
+        lambda g: [u * 3.0 + g_ for u, g_ in zip(tx.update(g, tx.init(g))[0], g)], tree)
+  assert counts[16] <= counts[4] + 2, counts  # static offsets: 14 -> 27
+
+
+@pytest.mark.parametrize("opaque", [False, True])
+def test_unstack_groups_with_opaque_offsets_matches_static_cuts(opaque):
+  from root_optax import labels
+  rng = np.random.default_rng(1)
+  mats = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 5), (1, 5, 3), (4, 3, 5), (1, 2, 2))]
+  stacks, plan = labels.stack_groups(mats)
+  doubled = {k: 2 * v for k, v in stacks.items()}
+  got = jax.jit(lambda d: labels.unstack_groups(d, plan, mats, opaque_offsets=opaque))(doubled)
+  for g, m in zip(got, mats):
+    np.testing.assert_array_equal(g, 2 * np.asarray(m))

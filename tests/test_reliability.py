@@ -47,6 +47,8 @@ _BAD_ARGUMENTS = {
     "threshold": (_root(threshold=-1.0), ValueError, r"threshold must be >= 0.*-1\.0"),
     "threshold_method": (_root(threshold_method="sort"), ValueError,
                          r"threshold_method must be one of \('exact', 'fast'\).*'sort'"),
+    "rank_tolerance": (_root(threshold_rank_tolerance=1.0), ValueError,
+                       r"threshold_rank_tolerance must be in \[0\.0, 1\.0\).*1\.0"),
     "ns_steps_0": (_root(ns_steps=0), ValueError, r"ns_steps must be an int >= 1.*0"),
     "ns_steps_float": (_root(ns_steps=2.0), TypeError, r"ns_steps must be an int >= 1.*2\.0"),
     "ns_steps_array": (_root(ns_steps=jnp.asarray(5)), TypeError, r"ns_steps must be a static.*static_args"),
