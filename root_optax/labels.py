@@ -144,7 +144,7 @@ def unstack_groups(results: dict, plan: list, mats: list[jax.Array],
       dynamic offset into a sharded axis would gather it.
   """
   cuts = [(key, i, start, size) for key, members, sizes in plan
-          for i, start, size in zip(members, _offsets(sizes), sizes)]
+          for i, start, size in zip(members, offsets(sizes), sizes)]
   starts = [start for _, _, start, _ in cuts]
   like = next(iter(results.values()), None)
   opaque = opaque_offsets and len(cuts) > 1 and like.size > 0
@@ -157,12 +157,13 @@ def unstack_groups(results: dict, plan: list, mats: list[jax.Array],
   return out
 
 
-def _offsets(sizes: list[int]) -> list[int]:
+def offsets(sizes: list[int]) -> list[int]:
+  """Where each of consecutive parts of these sizes starts."""
   return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
-def _opaque_offsets(offsets: list[int], like: jax.Array) -> list[jax.Array]:
-  """``offsets`` as int32 scalars whose values XLA cannot see while compiling.
+def _opaque_offsets(starts: list[int], like: jax.Array) -> list[jax.Array]:
+  """``starts`` as int32 scalars whose values XLA cannot see while compiling.
 
   XLA:CPU compiles each distinct kernel, and a slice at a constant offset is
   part of its consumer's kernel: unstacking 192 leaves made 192 kernels
@@ -173,6 +174,6 @@ def _opaque_offsets(offsets: list[int], like: jax.Array) -> list[jax.Array]:
   """
   first = like.reshape(-1)[0]
   runs = (first == first).astype(jnp.int32)
-  init = (jnp.int32(0), tuple(jnp.int32(o) for o in offsets))
-  body = lambda c: (c[0] + 1, tuple(jnp.maximum(v, o) for v, o in zip(c[1], offsets)))
+  init = (jnp.int32(0), tuple(jnp.int32(o) for o in starts))
+  body = lambda c: (c[0] + 1, tuple(jnp.maximum(v, o) for v, o in zip(c[1], starts)))
   return list(jax.lax.while_loop(lambda c: c[0] < runs, body, init)[1])

@@ -25,9 +25,6 @@ EXACT = "exact"
 FAST = "fast"
 METHODS = (EXACT, FAST)
 REFERENCE_OFFSET = 1e-9  # the reference script adds this to the quantile
-_MATRIX_AXES = (-2, -1)
-# |x| as float32 bits: non-negative floats order like their int32 patterns.
-_INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
 def soft_threshold(m: jax.Array, eps: jax.typing.ArrayLike) -> jax.Array:
@@ -300,14 +297,15 @@ def _first_probes(m, rank):
 def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list, slacks: list) -> list[jax.Array]:
   """Interpolated order statistics ``rank + frac`` (0-based) of each matrix's ``|m|``.
 
-  A first pass counts at a sample's order statistics (`_first_bracket`),
-  then one loop shared by all stacks counts at two interpolated probes a
-  pass. The per-matrix state is one vector over every matrix of every
+  One loop shared by all stacks counts at four probes a pass: the first
+  pass at a sorted sample's order statistics (`_sample_probes`; from the
+  whole range for distributed matrices), later ones at interpolated probes
+  (`_next_probes`). The per-matrix state is one vector over every matrix of every
   stack, so the compiled body has one counting pass per stack and a fixed
   number of other operations. Invariant: ``c_lo = count(<= lo) <= rank <
   count(<= hi) = c_hi``. The loop ends once every bracket is `_finished`
-  (its two order statistics can be read) or holds at most ``slack`` entries
-  (`_close_enough`, the value is estimated inside it). The last iteration
+  (its two order statistics can be read) or has an end within ``slack``
+  ranks of the quantile (`_close_enough`, `_estimate`). The last iteration
   computes the values, so that they are loop outputs that XLA stores once.
 
   Args:
@@ -320,7 +318,7 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list, slacks: lis
     Per stack, a float32 vector (one value per matrix).
   """
   sizes = [m.shape[0] for m in ms]
-  split = lambda v: [v[o:o + n] for o, n in zip(_offsets(sizes), sizes)]
+  split = lambda v: [v[o:o + n] for o, n in zip(labels_lib.offsets(sizes), sizes)]
   per_matrix = lambda values, dtype=jnp.int32: jnp.concatenate(
       [jnp.broadcast_to(jnp.asarray(v, dtype), (s,)) for v, s in zip(values, sizes)])
   rank, frac, slack = per_matrix(ranks), per_matrix(fracs, jnp.float32), per_matrix(slacks)
@@ -344,9 +342,9 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list, slacks: lis
     counts = [jnp.concatenate(c) for c in zip(*per_stack)]
     lo2, hi2, c_lo2, c_hi2 = _narrow((lo, hi, c_lo, c_hi), rank, probes, counts)
     halved = (2 * (hi2 - lo2) <= hi - lo) | (2 * (c_hi2 - c_lo2) <= c_hi - c_lo)
+    halved = halved | first  # a miss of the sample probes is no reason to bisect
     keep = _settled(lo, hi, c_lo, c_hi)
     pick = lambda old, new: jnp.where(keep, old, new)
-    halved = halved | first
     return (jnp.int32(1), pick(lo, lo2), pick(hi, hi2), pick(c_lo, c_lo2), pick(c_hi, c_hi2),
             pick(bisect, ~halved & ~bisect), values)
 
@@ -377,10 +375,6 @@ def _search_quantiles(ms: list[jax.Array], ranks: list, fracs: list, slacks: lis
   init = (jnp.int32(0), lo, hi, c_lo, c_hi, jnp.zeros_like(rank, bool), jnp.zeros_like(frac))
   final = jax.lax.while_loop(lambda carry: carry[0] < 2, body, init)
   return split(final[6])
-
-
-def _offsets(sizes: list[int]) -> list[int]:
-  return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _read_pair(m, lo, hi, c_lo, c_hi, rank):
@@ -419,14 +413,16 @@ def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike,
 
   A sorted sample of about 1024 entries per matrix places four probes
   around the order statistic ``p (n - 1)``; one counting pass brackets it
-  between two of them. A safeguarded interpolation search (two probes per
+  between two of them. A safeguarded interpolation search (four probes per
   counting pass, passes shared by all matrices) then narrows the bracket.
   With ``rank_tolerance=0`` it goes on until one last pass reads the two
   order statistics around ``p (n - 1)``, then interpolates linearly: the
   value of `exact_abs_quantile` up to float rounding (rank error 0),
-  whatever the sample. Otherwise it stops once the bracket holds at most
-  ``rank_tolerance * n`` entries and interpolates inside it, so at most that
-  many entries lie between the result and the exact quantile.
+  whatever the sample. Otherwise it stops once an end of the bracket is
+  within ``floor(rank_tolerance * n)`` entries of the quantile (or the
+  bracket holds that few, and it interpolates inside), so at most that many
+  entries lie between the result and the exact quantile; that result
+  depends on the search path, so it is not continuous in ``m``.
 
   Args:
     ms: Arrays of at least two dimensions.
@@ -478,7 +474,7 @@ def _per_member(vectors: dict, plan: list) -> dict:
   """Cuts per-group vectors (one entry per stacked matrix) into per-input pieces."""
   out = {}
   for key, members, sizes in plan:
-    for i, start, size in zip(members, _offsets(sizes), sizes):
+    for i, start, size in zip(members, labels_lib.offsets(sizes), sizes):
       out[i] = vectors[key][start:start + size]
   return out
 
