@@ -162,7 +162,8 @@ def main():
       "root_compile_s", "muon_compile_s", "compile_ratio"],
       f"root(threshold_method={args.threshold_method!r}, "
       f"threshold_rank_tolerance={args.threshold_rank_tolerance}) vs optax.contrib.muon, "
-      f"median of {args.repeats} interleaved steps")
+      f"median of {args.repeats} interleaved steps; compile times "
+      + (f"from {args.fresh_compiles} new processes each" if args.fresh_compiles else "in this process"))
   _harness.write_json(args.json, "step_time", args, results)
 
 

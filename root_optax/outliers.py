@@ -91,7 +91,8 @@ def _as_bits(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(x, jnp.int32)
 
 
-def _per_matrix(v: jax.Array) -> jax.Array:
+def _over_entries(v: jax.Array) -> jax.Array:
+  """A per-matrix vector shaped to broadcast over each matrix's entries."""
   return v[:, None, None]
 
 
@@ -134,7 +135,7 @@ def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
   ones; exact up to 2**24 entries, so larger matrices are counted per row first.
   """
   a = _abs32(m)
-  masks = [(a <= _per_matrix(_as_float(v))).astype(jnp.float32) for v in probes]
+  masks = [(a <= _over_entries(_as_float(v))).astype(jnp.float32) for v in probes]
   if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
     sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not _distributed(m))
     return [c.astype(jnp.int32) for c in sums]
@@ -382,7 +383,7 @@ def _read_pair(m, lo, hi, c_lo, c_hi, rank):
   a = _abs32(m)
   b = _as_bits(a)  # selected by bit pattern (see `_counts_le`), reduced as floats
   n = m.shape[-2] * m.shape[-1]
-  lo_m, hi_m = _per_matrix(lo), _per_matrix(hi)
+  lo_m, hi_m = _over_entries(lo), _over_entries(hi)
   above_lo, upto_hi, above_hi = (_as_bits(v) for v in _reduce_matrices(
       [jnp.where(b > lo_m, a, jnp.inf), jnp.where(b <= hi_m, a, -1.0), jnp.where(b > hi_m, a, jnp.inf)],
       [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not _distributed(m)))
@@ -491,6 +492,8 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST,
     One float32 array of shape ``m.shape[:-2]`` per input.
   """
   _check_quantile_args(ms, quantile)
+  _validation.one_of("method", method, METHODS)
+  _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
   flat = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
   stacks, plan = _groups(flat)
   values = _per_member(_stack_quantiles(stacks, quantile, method, rank_tolerance), plan)

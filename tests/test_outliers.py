@@ -266,3 +266,10 @@ def test_tree_without_matrices_passes_through():
     chex.assert_trees_all_equal(out, tree)
     chex.assert_trees_all_equal(state.outlier_fraction, {"b": 0.0, "s": 0.0})
   assert root_optax.fast_abs_quantiles([], 0.9) == []
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"method": "sort"}, "method"), ({"rank_tolerance": 1.0}, "rank_tolerance")])
+def test_abs_quantiles_validates(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    outliers.abs_quantiles([jnp.ones((3, 3))], 0.9, **kwargs)
