@@ -37,5 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.runs = (
       run("AdamW", "adamw", LR["adamw"]),
       run("Muon (optax)", "muon", LR["muon"]),
-  ) + tuple(run(f"ROOT p={p:g}", "root", LR["root"], root=dict(quantile=p)) for p in QUANTILES)
+  ) + tuple(run(f"ROOT p={p:g}", "root", LR["root"], root=dict(variant="paper", quantile=p)) for p in QUANTILES)
   return c

@@ -90,10 +90,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   steps = config.epochs * (len(split[0]) // config.batch_size)
   print(f"digits: {len(split[0])} train / {len(split[2])} test images; {steps} steps per run")
   curves, summaries = [], []
-  for run in tqdm(common.selected_runs(config), desc=config.name, dynamic_ncols=True):
+  no_bars = not common.progress_enabled()  # no bar fragments in logs
+  for run in tqdm(common.selected_runs(config), desc=config.name, dynamic_ncols=True, disable=no_bars):
     tx = common.make_optimizer(run, config.optim, steps)  # one tx: compiled once per run
     finals, step_times = [], []
-    for seed in tqdm(range(config.seeds), desc=run.name, leave=False, dynamic_ncols=True):
+    for seed in tqdm(range(config.seeds), desc=run.name, leave=False, dynamic_ncols=True,
+                     disable=no_bars):
       rows, step_time = train_seed(config, run, tx, model, split, seed)
       curves += rows
       finals.append(rows[-1])

@@ -7,17 +7,23 @@ momentum outliers before orthogonalisation. Each step is a plain
 """
 
 from root_optax.alias import root
+from root_optax.bursts import BurstStats
+from root_optax.bursts import ClipBurstsState
+from root_optax.bursts import clip_bursts
+from root_optax.calibration_cache import set_calibration_cache_dir
 from root_optax.coefficients import CoefficientTable
 from root_optax.coefficients import composed_polynomial
 from root_optax.coefficients import load_coefficients
 from root_optax.coefficients import polynomial_envelope
 from root_optax.coefficients import preset_names
+from root_optax.diagnostics import diagnostics
 from root_optax.dimensions import DimensionNumbers
 from root_optax.labels import default_labels
 from root_optax.labels import route_by_path
 from root_optax.momentum import trace
 from root_optax.newton_schulz import newton_schulz
 from root_optax.orthogonalize import ada_newton_orthogonalize
+from root_optax.outliers import OutlierStats
 from root_optax.outliers import SoftThresholdState
 from root_optax.outliers import exact_abs_quantile
 from root_optax.outliers import fast_abs_quantiles
@@ -29,11 +35,16 @@ from root_optax.scaling import scale_by_shape
 __version__ = "0.1.0"
 
 __all__ = (
+    "BurstStats",
+    "ClipBurstsState",
     "CoefficientTable",
     "DimensionNumbers",
+    "OutlierStats",
     "ada_newton_orthogonalize",
+    "clip_bursts",
     "composed_polynomial",
     "default_labels",
+    "diagnostics",
     "exact_abs_quantile",
     "fast_abs_quantiles",
     "load_coefficients",
@@ -43,6 +54,7 @@ __all__ = (
     "root",
     "route_by_path",
     "scale_by_shape",
+    "set_calibration_cache_dir",
     "soft_threshold",
     "soft_threshold_outliers",
     "split_outliers",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Union
 
 import jax
 import optax
 
 from root_optax import _validation
+from root_optax import bursts as bursts_lib
+from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
 from root_optax import labels as labels_lib
@@ -18,6 +21,16 @@ from root_optax import scaling as scaling_lib
 from root_optax import sharding as sharding_lib
 
 MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
+ROBUST = "robust"
+PAPER = "paper"
+VARIANTS = (ROBUST, PAPER)
+# What each variant uses for the arguments left at None. The robust gate and
+# burst band are the values chosen on the LM example (docs/results.md).
+VARIANT_DEFAULTS = {
+    ROBUST: dict(outlier_gate=3.0, burst_factor=4.0, quantile=1.0, coefficients="auto"),
+    PAPER: dict(outlier_gate=math.inf, burst_factor=math.inf, quantile=0.90, coefficients="paper"),
+}
+GATE_QUANTILE = 0.90  # the gate is a multiple of this magnitude quantile of each gradient matrix
 
 
 def _root_branch_dimension_numbers(weight_dimension_numbers):
@@ -72,6 +85,12 @@ def _check_real_root_leaves(params, labels) -> None:
           f"real Gram matrix). Label it {labels_lib.ADAM!r} with param_labels.")
 
 
+def _is_off(value, off: float) -> bool:
+  """A stage is left out for the Python number that makes it a no-op; an array
+  (e.g. from `optax.inject_hyperparams`) keeps it in the chain."""
+  return isinstance(value, (int, float)) and value == off
+
+
 def _branch_mask(mask: MaskOrFn):
   """A weight-decay mask usable inside an `optax.partition` branch."""
   if mask is None or callable(mask):
@@ -82,13 +101,18 @@ def _branch_mask(mask: MaskOrFn):
 def root(
     learning_rate: optax.ScalarOrSchedule,
     *,
+    variant: str = ROBUST,
     momentum: float = 0.95,
     nesterov: bool = True,
-    quantile: float = 0.90,
+    outlier_gate: Optional[float] = None,
+    burst_factor: Optional[float] = None,
+    burst_decay: float = 0.95,
+    quantile: Optional[float] = None,
     threshold: Optional[float] = None,
     threshold_method: str = outliers.FAST,
     threshold_rank_tolerance: float = 0.0,
-    coefficients: coefficients_lib.CoefficientSpec = "paper",
+    coefficients: Optional[coefficients_lib.CoefficientSpec] = None,
+    calibration_cache_dir: calibration_cache.CacheDir = None,
     ns_steps: int = 5,
     normalization: Optional[str] = None,
     eps: float = 1e-7,
@@ -112,30 +136,57 @@ def root(
   For each matrix parameter ``W`` with gradient ``G`` (paper Algorithm 1, with
   the reference script's Nesterov momentum and scaling)::
 
+    G   = clip(G, -k q, k q)                (outlier gate; q = q_0.9(|G|))
+    G   = G r / ||G||  if ||G|| > f r       (burst guard; r = EMA of ||G||)
     M   = mu M + G;   N = G + mu M          (trace)
-    B   = clip(N, -eps_q, eps_q)            (soft_threshold_outliers)
-    U   = NS_shape(B / ||B||_F)             (ada_newton_orthogonalize)
+    B   = clip(N, -eps_q, eps_q)            (the paper's clip, eps_q = q_p(|N|))
+    U   = NS_shape(B / ||B||)               (ada_newton_orthogonalize)
     W  <- W (1 - lr wd) - lr 0.2 sqrt(max(m, n)) U   (scale_by_shape, decay)
 
-  where ``eps_q`` is the ``quantile``-quantile of ``|N|``. The weight decay is
-  decoupled and multiplied by the unscaled learning rate, as in the reference
-  (``w *= 1 - lr * wd``). Leaves labelled ``'adam'`` (by default every leaf
-  that is not 2-D; use `route_by_path` to also send embeddings and the LM head,
-  as the reference does) are trained with AdamW (betas 0.9, 0.95).
+  ``variant`` picks the defaults of the robustness stages:
+
+  * ``'robust'`` (default): the gate (``k = 3``) and the burst guard
+    (``f = 4``) act on the gradient before it enters the momentum, and only
+    on real outliers: a clean Gaussian gradient loses about 1e-6 of its
+    entries, a clean step of the LM example none of its norm. The paper's
+    momentum clip is off (``quantile=1.0``): on clean data it removes 10% of
+    every momentum and trains worse than Muon. Coefficients ``'auto'``:
+    per-iteration coefficients for every shape (shipped or calibrated on
+    first use).
+  * ``'paper'``: exactly the paper's step: no gate or burst guard, the
+    momentum clipped at its 90% magnitude quantile, Table 1 coefficients.
+
+  Arguments left at None take the variant's value; ``outlier_gate`` and
+  ``burst_factor`` of ``math.inf``, or ``quantile=1.0``, turn that stage off.
+  The weight decay is decoupled and multiplied by the unscaled learning rate,
+  as in the reference (``w *= 1 - lr * wd``). Leaves labelled ``'adam'`` (by
+  default every leaf that is not 2-D; use `route_by_path` to also send
+  embeddings and the LM head, as the reference does) are trained with AdamW
+  (betas 0.9, 0.95).
 
   Args:
     learning_rate: A float or an optax schedule.
+    variant: ``'robust'`` or ``'paper'`` (see above).
     momentum: ``mu`` in [0, 1).
     nesterov: Use the Nesterov look-ahead ``G + mu M``.
-    quantile: ``p`` in (0, 1] of the outlier threshold (0.90 in the paper).
-    threshold: A fixed threshold instead of the quantile.
+    outlier_gate: ``k`` >= 1: entries of each gradient matrix beyond ``k``
+      times its 90% magnitude quantile are clipped to it (`soft_threshold_outliers`
+      with ``multiplier=k``); ``math.inf``: off.
+    burst_factor: ``f`` > 1: a matrix gradient whose norm exceeds ``f`` times
+      the EMA of its past norms is rescaled to that EMA (`clip_bursts`);
+      ``math.inf``: off.
+    burst_decay: Decay of that EMA, in [0, 1).
+    quantile: ``p`` in (0, 1] of the paper's momentum clip; 1.0: off.
+    threshold: A fixed momentum threshold instead of the quantile.
     threshold_method: ``'fast'`` (counting search, sorts only a small sample)
-      or ``'exact'`` (full sort).
+      or ``'exact'`` (full sort), for the gate and the momentum clip.
     threshold_rank_tolerance: For ``'fast'``, the largest share of a matrix's
       entries, in [0, 1), between the threshold and the exact quantile;
       default 0 (exact order statistics), see `soft_threshold_outliers`.
     coefficients: Newton-Schulz coefficient table; see
-      `ada_newton_orthogonalize`. Default ``'paper'`` (Table 1).
+      `ada_newton_orthogonalize`.
+    calibration_cache_dir: Where ``'auto'`` caches coefficients it fits;
+      see `ada_newton_orthogonalize`'s ``cache_dir``.
     ns_steps: Newton-Schulz iterations.
     normalization: None (the table's), ``'frobenius'``, ``'schatten4'``, ``'aol'``.
     eps: Added to the Frobenius norm before Newton-Schulz.
@@ -178,11 +229,23 @@ def root(
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
+  _validation.one_of("variant", variant, VARIANTS)
+  defaults = VARIANT_DEFAULTS[variant]
+  outlier_gate = defaults["outlier_gate"] if outlier_gate is None else outlier_gate
+  burst_factor = defaults["burst_factor"] if burst_factor is None else burst_factor
+  quantile = defaults["quantile"] if quantile is None else quantile
+  coefficients = defaults["coefficients"] if coefficients is None else coefficients
   _validation.at_least("learning_rate", learning_rate, 0.0)
   if adam_learning_rate is not None:
     _validation.at_least("adam_learning_rate", adam_learning_rate, 0.0)
   # Checked here too so that errors name root()'s arguments, not the inner ones.
   _validation.in_range("momentum", momentum, 0.0, 1.0, high_open=True)
+  if not _is_off(outlier_gate, math.inf):
+    _validation.at_least("outlier_gate", outlier_gate, 1.0)
+  if not _is_off(burst_factor, math.inf):
+    _validation.in_range("burst_factor", burst_factor, 1.0, math.inf, low_open=True)
+  _validation.in_range("burst_decay", burst_decay, 0.0, 1.0, high_open=True)
+  _validation.in_range("quantile", quantile, 0.0, 1.0, low_open=True)
   _validation.one_of("threshold_method", threshold_method, outliers.METHODS)
   _validation.in_range("threshold_rank_tolerance", threshold_rank_tolerance, 0.0, 1.0, high_open=True)
   _validation.one_of("scaling", scaling, scaling_lib.MODES)
@@ -200,14 +263,27 @@ def root(
   dimensions.validate_spec(weight_dimension_numbers)
   dims_fn = _root_branch_dimension_numbers(weight_dimension_numbers)
   mask = _branch_mask(weight_decay_mask)
+
+  def clip(p, multiplier, fixed, name):
+    return sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
+        p, fixed, threshold_method, multiplier=multiplier,
+        rank_tolerance=threshold_rank_tolerance, weight_dimension_numbers=dims_fn,
+        track_outliers=True, name=name))
+
+  stages = []
+  if not _is_off(outlier_gate, math.inf):
+    stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers"))
+  if not _is_off(burst_factor, math.inf):
+    stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims_fn))
+  stages.append(momentum_lib.trace(momentum, nesterov, mu_dtype))
+  if not _is_off(quantile, 1.0) or threshold is not None:
+    stages.append(clip(quantile, 1.0, threshold, "momentum_outliers"))
   root_chain = optax.chain(
-      momentum_lib.trace(momentum, nesterov, mu_dtype),
-      sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
-          quantile, threshold, threshold_method, rank_tolerance=threshold_rank_tolerance,
-          weight_dimension_numbers=dims_fn)),
+      *stages,
       orthogonalize.ada_newton_orthogonalize(
           coefficients, ns_steps, normalization, eps, compute_dtype,
-          weight_dimension_numbers=dims_fn, sharding=sharding),
+          weight_dimension_numbers=dims_fn, sharding=sharding,
+          cache_dir=calibration_cache_dir),
       scaling_lib.scale_by_shape(scaling, rms, weight_dimension_numbers=dims_fn),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),

@@ -8,9 +8,9 @@ only the singular values. `calibrate` minimises the paper's Eq. 4 objective
     mean over s of (g^(T)(s) - 1)^2
 
 over the normalised spectra of a matrix shape (Gaussian matrices of that shape,
-recorded momenta, or a mix; paper Sec. 4.5) with ``jax.grad`` and an optax
-optimiser (L-BFGS by default), one triple for all steps (the paper) or one per
-step (Polar Express). A fitted set is accepted only if it is *safe*: its
+recorded momenta, or a mix; paper Sec. 4.5) by Levenberg-Marquardt in NumPy
+(or, on request, ``jax.grad`` and an optax optimiser), one triple for all steps
+(the paper) or one per step (Polar Express). A fitted set is accepted only if it is *safe*: its
 composed polynomial keeps every input of [0, 1] inside the band
 ``[0, max_gain]`` after T steps (`check_safety`), so no spectrum, fitted or
 not, can blow up. Results are cached in memory (`clear_cache`) and optionally
@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -39,6 +40,7 @@ from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
 
 ShapeKey = coefficients_lib.ShapeKey
+logger = logging.getLogger("root_optax")
 # Normalisations whose effect is a function of the singular values alone.
 CALIBRATION_NORMALIZATIONS = ("frobenius", "schatten4")
 # Paper Sec. 4.5: "Mixed (1:3)", real : random spectra, is the published choice.
@@ -50,6 +52,7 @@ _PENALTY_WEIGHT = 100.0
 # overshooting polynomials peak (Muon's at 0.004).
 _GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 2049), np.geomspace(1e-5, 0.1, 512)]))
 _DECIMALS = 6  # fitted coefficients are stored with this many decimals
+_LM_STARTS = ("polar_express", "ada_nearest")
 _INITS = {
     "muon": [coefficients_lib.MUON_COEFFICIENTS],
     "paper_2048": [(3.3334, -4.2591, 1.7791)],
@@ -334,10 +337,19 @@ def _weighted_values(gauss: np.ndarray, real: Optional[np.ndarray], real_fractio
   return x, w
 
 
-def _initial_sets(ns_steps: int, per_iteration: bool) -> dict[str, np.ndarray]:
-  """``(T, 3)`` starting sets; in one-triple mode each is its first triple repeated."""
+def _initial_sets(ns_steps: int, per_iteration: bool,
+                  key: Optional[ShapeKey] = None) -> dict[str, np.ndarray]:
+  """``(T, 3)`` starting sets; in one-triple mode each is its first triple repeated.
+
+  With a shape ``key``, the shipped ``'ada'`` entry of the nearest shape
+  (Schatten-4) is a start too: from it, square shapes converge in a few steps.
+  """
+  inits = dict(_INITS)
+  if key is not None:
+    ada = coefficients_lib.load_coefficients("ada")
+    inits["ada_nearest"] = ada.shapes[coefficients_lib.nearest_key(key, ada.shapes)]
   out = {}
-  for name, rows in _INITS.items():
+  for name, rows in inits.items():
     rows = np.asarray(rows[:ns_steps] if per_iteration else rows[:1])
     out[name] = coefficients_lib.steps_schedule(rows, ns_steps)
   return out
@@ -377,6 +389,71 @@ def _fit_all(inits, x, w, ns_steps, band, per_iteration, optimizer, num_steps) -
   return fitted if per_iteration else fitted[:, :1]
 
 
+def _iterates_and_jacobian(coeffs: np.ndarray, x: np.ndarray, tied: bool):
+  """``g^(T)(x)`` and its Jacobian in the coefficients (forward mode, Eq. 3)."""
+  y = np.array(x, np.float64)
+  jac = np.zeros((y.size, 3 if tied else coeffs.size))
+  for t, (a, b, c) in enumerate(coeffs):
+    y2 = y * y
+    jac *= (a + y2 * (3 * b + 5 * c * y2))[:, None]  # chain rule: g_t'(y) = a + 3b y^2 + 5c y^4
+    col = 0 if tied else 3 * t
+    jac[:, col:col + 3] += np.stack([y, y * y2, y * y2 * y2], axis=1)
+    y = y * (a + y2 * (b + c * y2))
+  return y, jac
+
+
+def _residuals(coeffs, x, sqrt_w, band, tied):
+  """Residuals (and Jacobian) of `_objective`: weighted errors, then band penalties."""
+  y, jac = _iterates_and_jacobian(coeffs, x, tied)
+  yg, jac_g = _iterates_and_jacobian(coeffs, _GRID, tied)
+  scale = math.sqrt(_PENALTY_WEIGHT / _GRID.size)
+  over, under = (yg > band)[:, None], (yg < 0)[:, None]
+  r = np.concatenate([sqrt_w * (y - 1.0), scale * np.where(over[:, 0], yg - band, 0.0),
+                      scale * np.where(under[:, 0], yg, 0.0)])
+  j = np.concatenate([sqrt_w[:, None] * jac, scale * jac_g * over, scale * jac_g * under])
+  return r, j
+
+
+def _levenberg_marquardt(c0, x, w, ns_steps, band, per_iteration, num_steps):
+  """Minimises `_objective` from ``c0`` by Levenberg-Marquardt, in float64 NumPy.
+
+  The objective is a sum of squares of 15 coefficients (5 with one triple), so
+  a damped Gauss-Newton step solves a 15x15 system: no compilation, ~10 ms an
+  iteration, and bit-identical results in every process.
+  """
+  tied = not per_iteration
+  full = lambda p: np.repeat(p.reshape(1, 3), ns_steps, 0) if tied else p.reshape(ns_steps, 3)
+  p = (c0[:1] if tied else c0).ravel().copy()
+  sqrt_w = np.sqrt(w)
+  r, j = _residuals(full(p), x, sqrt_w, band, tied)
+  cost, damping = float(r @ r), 1e-3
+  for _ in range(num_steps):
+    normal, grad = j.T @ j, j.T @ r
+    if not (math.isfinite(cost) and np.all(np.isfinite(normal))):
+      break  # diverged start: its result is dropped by the safety check
+    while damping < 1e8:
+      step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -grad)
+      r_new, j_new = _residuals(full(p + step), x, sqrt_w, band, tied)
+      cost_new = float(r_new @ r_new)
+      if math.isfinite(cost_new) and cost_new < cost:
+        converged = cost - cost_new <= 1e-9 * cost
+        p, r, j, cost, damping = p + step, r_new, j_new, cost_new, max(damping / 3, 1e-9)
+        break
+      damping *= 4
+    else:
+      break
+    if converged:
+      break
+  return full(p)
+
+
+def _fit_lm(inits, x, w, ns_steps, band, per_iteration, num_steps) -> np.ndarray:
+  with np.errstate(over="ignore", invalid="ignore"):
+    fitted = np.stack([_levenberg_marquardt(c, x, w, ns_steps, band, per_iteration, num_steps)
+                       for c in inits])
+  return fitted if per_iteration else fitted[:, :1]
+
+
 def _select(candidates: dict[str, np.ndarray], x, w, ns_steps, max_gain):
   """The safe candidate with the lowest objective (float64)."""
   best = None
@@ -401,21 +478,35 @@ def _cache_key(key, settings: dict, real: Optional[np.ndarray]) -> str:
 
 def _read_disk_cache(cache_dir, digest, key):
   path = os.path.join(cache_dir, f"{digest}.json")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    d = json.load(f)
-  c = coefficients_lib.as_coefficient_array(d["coefficients"])
+  try:
+    with open(path) as f:
+      d = json.load(f)
+    c = coefficients_lib.as_coefficient_array(d["coefficients"])
+  except (OSError, ValueError, KeyError):
+    return None  # missing, unreadable or half-written by another process: fit again
   return CalibrationResult(key, c, d["loss"], check_safety(c, d["ns_steps"], d["max_gain"]),
                            d["start"], 0.0)
 
 
+_UNWRITABLE: set = set()
+
+
 def _write_disk_cache(cache_dir, digest, result: CalibrationResult, settings):
-  os.makedirs(cache_dir, exist_ok=True)
+  """Writes atomically (a process reading it sees all or nothing); a directory
+  that cannot be written is reported once and the result kept in memory."""
   d = {"coefficients": result.coefficients.tolist(), "loss": result.loss, "start": result.start,
        "ns_steps": settings["ns_steps"], "max_gain": settings["max_gain"], "settings": settings}
-  with open(os.path.join(cache_dir, f"{digest}.json"), "w") as f:
-    json.dump(d, f)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = os.path.join(cache_dir, f".{digest}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+      json.dump(d, f)
+    os.replace(tmp, os.path.join(cache_dir, f"{digest}.json"))
+  except OSError as e:
+    if cache_dir not in _UNWRITABLE:
+      _UNWRITABLE.add(cache_dir)
+      logger.info("calibration cache %s is not writable (%s); keeping "
+                  "calibrated coefficients in memory only", cache_dir, e.strerror or e)
 
 
 def _validate(ns_steps, normalization, real_fraction, max_gain, num_values, num_steps):
@@ -469,11 +560,19 @@ def calibrate_shape(
                            max_sample_dim=max_sample_dim)
   prior = np.geomspace(prior_min, 1.0, num_values) if prior_fraction > 0.0 else None
   x, w = _weighted_values(gauss, real, real_fraction, prior, prior_fraction)
-  inits = _initial_sets(ns_steps, per_iteration)
-  fitted = _fit_all(np.stack(list(inits.values())), x, w, ns_steps, max_gain - _BAND_MARGIN,
-                    per_iteration, optimizer, num_steps)
+  inits = _initial_sets(ns_steps, per_iteration, key if normalization == "schatten4" else None)
+  band = max_gain - _BAND_MARGIN
+  if optimizer is None:
+    # From a nearby shipped fit, two starts suffice; the others stay candidates.
+    fit_from = [n for n in inits if n in _LM_STARTS] if "ada_nearest" in inits else list(inits)
+    starts = np.stack([inits[n] for n in fit_from])
+    fitted = _fit_lm(starts, x, w, ns_steps, band, per_iteration, num_steps)
+  else:
+    fit_from = list(inits)
+    fitted = _fit_all(np.stack(list(inits.values())), x, w, ns_steps, band, per_iteration,
+                      optimizer, num_steps)
   # Rounded before the safety check, so that what is checked is what is stored.
-  candidates = {f"{name}+fit": np.round(c, _DECIMALS) for name, c in zip(inits, fitted)}
+  candidates = {f"{name}+fit": np.round(c, _DECIMALS) for name, c in zip(fit_from, fitted)}
   # The starting sets compete too; Muon's triple is safe, so there is always one.
   candidates.update({k: v if per_iteration else v[:1] for k, v in inits.items()})
   name, loss, coeffs, safety = _select(candidates, x, w, ns_steps, max_gain)
@@ -513,8 +612,10 @@ def calibrate(
   For each shape, minimises the paper's Eq. 4 objective
   ``mean_s (g^(T)(s) - 1)^2`` over normalised singular values ``s`` (Gaussian
   matrices of the shape, mixed with recorded real spectra at
-  ``real_fraction``) with ``jax.grad`` and ``optimizer``, starting from Muon's,
-  the paper's, the classic and the Polar Express coefficients, plus a penalty
+  ``real_fraction``) by Levenberg-Marquardt (or ``optimizer``), starting from
+  the Polar Express coefficients and the nearest shipped ``'ada'`` entry
+  (Schatten-4), or from Muon's, the paper's, the classic and the Polar Express
+  coefficients (Frobenius), plus a penalty
   that keeps the composed polynomial in ``[0, max_gain - 0.05]`` on [0, 1].
   The best *safe* set (`check_safety`) is kept; the starting sets are
   candidates too, so the result is never worse than Muon's triple on the
@@ -541,10 +642,13 @@ def calibrate(
     max_sample_dim: Larger shapes are sampled at this size and rescaled
       (`gaussian_spectra`).
     max_gain: Upper end of the safety band, > 1.05.
-    num_steps: Optimiser iterations.
-    optimizer: An optax optimiser (default ``optax.lbfgs()``); called with
-      ``value``, ``grad`` and ``value_fn`` extra arguments. Results with a
-      custom optimiser are not cached.
+    num_steps: Iterations of the fit (at most; Levenberg-Marquardt stops
+      when it converges).
+    optimizer: None (Levenberg-Marquardt in float64 NumPy: no compilation,
+      the same digits in every process) or an optax optimiser run under
+      ``jax.grad`` (e.g. ``optax.lbfgs()``), called with ``value``, ``grad``
+      and ``value_fn`` extra arguments; results with a custom optimiser are
+      not cached.
     cache: Reuse results for identical settings (in memory; `clear_cache`).
     cache_dir: Also store results as JSON files in this directory.
     name: Name of the returned table.

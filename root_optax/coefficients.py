@@ -33,7 +33,8 @@ NORMALIZATIONS = ("frobenius", "schatten4", "aol")
 # What `CoefficientTable.lookup` returns for a shape the table does not hold.
 DEFAULT = "default"
 NEAREST = "nearest"
-FALLBACKS = (DEFAULT, NEAREST)
+CALIBRATE = "calibrate"
+FALLBACKS = (DEFAULT, NEAREST, CALIBRATE)
 # A composed polynomial whose maximum over [0, 1] exceeds this is flagged:
 # Muon's own triple peaks at 1.20, the authors' 2048x2048 triple at 3.31.
 DEFAULT_MAX_GAIN = 1.5
@@ -51,7 +52,9 @@ class CoefficientTable:
     source: Where the numbers came from.
     fallback: For shapes not in ``shapes``: ``'default'`` uses ``default``;
       ``'nearest'`` uses the entry of the nearest shape, by aspect ratio first
-      (see `nearest_key`).
+      (see `nearest_key`); ``'calibrate'`` fits the shape when it is first
+      seen (and an entry fitted for another number of steps), see
+      `root_optax.calibration_cache`.
   """
 
   name: str
@@ -164,6 +167,9 @@ def _read_presets() -> dict[str, Any]:
     name = entry.name
     if name.startswith("preset_") and name.endswith(".json"):
       presets[name[len("preset_"):-len(".json")]] = _parse_preset_file(entry)
+  # 'auto': the 'ada' entries, and any other shape calibrated when first seen.
+  presets["auto"] = dict(presets["ada"], fallback=CALIBRATE, meta={},
+                         source="'ada' entries; other shapes calibrated on first use")
   return presets
 
 
@@ -222,8 +228,8 @@ def load_coefficients(spec: CoefficientSpec) -> CoefficientTable:
   """Builds a `CoefficientTable` from a preset name, a file, a dict or triples.
 
   Args:
-    spec: One of: a preset name (``'paper'``, ``'reference'``, ``'muon'``,
-      ``'classic'``, or any other name in `preset_names`); a path to a JSON or
+    spec: One of: a preset name (``'auto'``, ``'ada'``, ``'paper'``,
+      ``'reference'``, ``'muon'``, ``'classic'``: see `preset_names`); a path to a JSON or
       YAML file; a mapping ``{'768x3072': (a, b, c), ...}`` or
       ``{'default': ..., 'shapes': {...}, 'normalization': ...}``; one triple
       ``(a, b, c)`` or a list of per-iteration triples used for every shape;

@@ -125,3 +125,16 @@ def fan_in_out(shape: tuple[int, ...], dims: Optional[MuonDimensionNumbers]) -> 
   """``(fan_in, fan_out)`` of a leaf's matrix view."""
   _, fan_in, fan_out = matrix_shape(shape, dims or MATRIX)
   return fan_in, fan_out
+
+
+def map_matrix_leaves(fn: Callable[[jax.Array, MuonDimensionNumbers], Any], params: Any,
+                      weight_dimension_numbers: WeightDimNumOrFn) -> Any:
+  """A tree like ``params``: ``fn(leaf, dims)`` for matrix leaves, `optax.MaskedNode` elsewhere.
+
+  Per-leaf optimizer states built this way have the params' structure, so
+  `optax.tree_map_params` and checkpoint tools see them as param trees.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  dims = resolve(weight_dimension_numbers, params)
+  return jax.tree.unflatten(treedef, [optax.MaskedNode() if d is None else fn(leaf, d)
+                                      for leaf, d in zip(leaves, dims)])

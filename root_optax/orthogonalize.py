@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import warnings
 from typing import Optional
 
@@ -10,22 +13,52 @@ import jax.numpy as jnp
 import optax
 
 from root_optax import _validation
+from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
 from root_optax import labels as labels_lib
 from root_optax import newton_schulz as ns_lib
 from root_optax import sharding as sharding_lib
 
+logger = logging.getLogger("root_optax")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
-def _fallback_text(table: coefficients_lib.CoefficientTable, key) -> str:
-  if table.fallback == coefficients_lib.NEAREST:
-    near = coefficients_lib.nearest_key(key, table.shapes)
-    return f"the nearest calibrated shape {near[0]}x{near[1]}"
-  return "the table's default"
+
+def _fits(coeffs, ns_steps: int) -> bool:
+  """An entry fitted for ``ns_steps`` (or one triple, used at every step)."""
+  return coeffs.shape[0] in (1, ns_steps)
+
+
+def _user_stacklevel() -> int:
+  """The `warnings.warn` stacklevel of the first caller outside JAX, Optax, Flax and us."""
+  internal = tuple(os.path.dirname(m.__file__) + os.sep for m in (jax, optax)) + (_PACKAGE_DIR,)
+  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+  while frame is not None and (frame.f_code.co_filename.startswith(internal)
+                               or "/flax/" in frame.f_code.co_filename
+                               or frame.f_code.co_filename.startswith("<")):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _report(table: coefficients_lib.CoefficientTable, missing: list, fitted: list) -> None:
+  """One warning naming every shape a fixed table lacks; one log line for calibrated ones."""
+  names = lambda keys: ", ".join(f"{m}x{n}" for m, n in keys)
+  if fitted and jax.process_index() == 0:
+    logger.info("coefficients %r: calibrated Newton-Schulz coefficients for %s",
+                table.name, names(fitted))
+  if missing:
+    if table.fallback == coefficients_lib.NEAREST:
+      instead = "the entry of the nearest shape in the table"
+    else:
+      instead = "the table's default"
+    warnings.warn(
+        f"root_optax: coefficients {table.name!r} have no entry for shapes {names(missing)}; "
+        f"using {instead}. coefficients='auto' calibrates every shape.",
+        UserWarning, stacklevel=_user_stacklevel())
 
 
 def ada_newton_orthogonalize(
-    coefficients: coefficients_lib.CoefficientSpec = "paper",
+    coefficients: coefficients_lib.CoefficientSpec = "auto",
     ns_steps: int = 5,
     normalization: Optional[str] = None,
     eps: float = 1e-7,
@@ -35,6 +68,7 @@ def ada_newton_orthogonalize(
     precision=None,
     max_gain: float = coefficients_lib.DEFAULT_MAX_GAIN,
     sharding: sharding_lib.ShardingSpec = None,
+    cache_dir: calibration_cache.CacheDir = None,
 ) -> optax.GradientTransformation:
   r"""Orthogonalises each matrix with Newton-Schulz, coefficients chosen by shape.
 
@@ -43,15 +77,20 @@ def ada_newton_orthogonalize(
   with ``(a_t, b_t, c_t)`` looked up by its ``(min, max)`` shape (AdaNewton,
   paper Sec. 4.2). Matrices of one shape and dtype are stacked and
   orthogonalised in one batched computation, so the compiled step holds one
-  Newton-Schulz loop per distinct shape, not per leaf. Unknown shapes use the
-  table's default (Muon's triple for the shipped tables), with one warning per
-  shape (none when the table has no shape entries, e.g. a single triple).
-  Non-matrix leaves pass through unchanged.
+  Newton-Schulz loop per distinct shape, not per leaf. With ``'auto'`` (the
+  default) every shape gets its own per-iteration coefficients: the shipped
+  ``'ada'`` entry, or a fit made when the shape is first traced (NumPy, ~1 s,
+  outside the traced computation, cached in ``cache_dir``; one INFO log line
+  on the ``'root_optax'`` logger names the shapes fitted). A fixed table
+  (e.g. ``'paper'``) uses its fallback for shapes it lacks, with one warning
+  per transform naming them all. Non-matrix leaves pass through unchanged.
 
   Args:
-    coefficients: A preset name (``'paper'``: Table 1 of the paper, the
-      default; ``'reference'``: the authors' script, whose 2048x2048 triple
-      sends a singular value of 0.559 to 3.31 after 5 steps and is flagged;
+    coefficients: A preset name (``'auto'``; ``'ada'``: the shipped
+      per-iteration Schatten-4 fits, nearest entry for other shapes;
+      ``'paper'``: Table 1 of the paper, Muon's triple for other shapes;
+      ``'reference'``: the authors' script, whose 2048x2048 triple sends a
+      singular value of 0.559 to 3.31 after 5 steps and is flagged;
       ``'muon'``; ``'classic'``), a JSON/YAML path, a dict, one triple, a list
       of per-iteration triples, or a `CoefficientTable`.
     ns_steps: Newton-Schulz iterations, >= 1. A per-iteration entry with fewer
@@ -70,6 +109,10 @@ def ada_newton_orthogonalize(
       or of `jax.set_mesh`; none: the plain path): each group is split along
       its stack axis over all devices and orthogonalised whole matrix by
       whole matrix; see `root_optax.sharding`.
+    cache_dir: Where ``'auto'`` caches its fits: None (the directory of
+      `set_calibration_cache_dir`, by default ``~/.cache/root_optax``), a
+      path, or False (memory only). An unwritable directory is reported once
+      in the log and the fits kept in memory.
 
   Returns:
     An `optax.GradientTransformation` with `optax.EmptyState`.
@@ -87,23 +130,37 @@ def ada_newton_orthogonalize(
   _validation.matmul_precision("precision", precision)
   dimensions.validate_spec(weight_dimension_numbers)
   sharding_lib.validate_sharding(sharding)
+  calibrates = table.fallback == coefficients_lib.CALIBRATE
+  if calibrates and table.normalization != normalization:
+    raise ValueError(
+        f"coefficients {table.name!r} are calibrated for normalization "
+        f"{table.normalization!r}, got normalization={normalization!r}; pass None")
   for key, value in table.entries().items():
-    coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
+    if not (calibrates and not _fits(value, ns_steps)):
+      coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
   coefficients_lib.warn_if_unsafe(table, ns_steps, max_gain)
-  warned: set = set()
+  resolved: dict = {}  # (min, max) -> (ns_steps, 3) coefficients, for this transform
+  reported: list = [False]
+
+  def resolve(keys):
+    """Coefficients of each ``(min, max)`` key; missing shapes calibrated or reported once."""
+    missing, fitted = [], []
+    for key in keys:
+      if key in resolved:
+        continue
+      coeffs, found = table.lookup(key)
+      if calibrates and not (found and _fits(coeffs, ns_steps)):
+        coeffs = calibration_cache.coefficients_for_shape(key, ns_steps, cache_dir).coefficients
+        fitted.append(key)
+      elif not found and table.shapes:
+        missing.append(key)
+      resolved[key] = coefficients_lib.steps_schedule(coeffs, ns_steps)
+    if not reported[0] and (missing or fitted):
+      reported[0] = True
+      _report(table, missing, fitted)
 
   def coefficients_for(key):
-    coeffs, found = table.lookup(key[:2])
-    # A table without shape entries (one triple for all shapes) has nothing to miss.
-    if not found and table.shapes and key[:2] not in warned:
-      warned.add(key[:2])
-      warnings.warn(
-          f"root_optax: no {table.name!r} coefficients for shape {key[0]}x{key[1]}; "
-          f"using {_fallback_text(table, key[:2])}. Calibrate one with "
-          f"root_optax.calibrate(shapes=[({key[0]}, {key[1]})]) to add it.",
-          UserWarning, stacklevel=4)
-    return coefficients_lib.steps_schedule(coeffs, ns_steps)
-
+    return resolved[key[:2]]
   def orthogonalize(stack, key):
     return ns_lib.newton_schulz(
         stack, coefficients_for(key), normalization=normalization, eps=eps,
@@ -111,6 +168,7 @@ def ada_newton_orthogonalize(
 
   def orthogonalize_all(mats, place):
     stacks, plan = labels_lib.stack_groups(mats)
+    resolve([key[:2] for key in stacks])
     results = {key: place(lambda s, k=key: orthogonalize(s, k), stack) for key, stack in stacks.items()}
     # One device: nothing is sharded, so the cuts may use opaque offsets.
     return labels_lib.unstack_groups(results, plan, mats, opaque_offsets=jax.device_count() == 1)

@@ -510,6 +510,30 @@ def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
   return jnp.where(jnp.isinf(m), jnp.asarray(jnp.nan, base.dtype), base)
 
 
+class OutlierStats(NamedTuple):
+  """Figures of the last step for the matrices of one leaf.
+
+  Attributes:
+    matrix_shape: ``(min, max)`` of the leaf's matrices (int32), its shape group.
+    clipped_fraction: Share of each matrix's entries beyond the threshold.
+    threshold: ``eps`` of each matrix.
+    removed_norm: ``||T_eps[M]||_F`` of each matrix, the norm clipped away.
+  """
+
+  matrix_shape: jax.Array
+  clipped_fraction: jax.Array
+  threshold: jax.Array
+  removed_norm: jax.Array
+
+
+def frobenius_norms(m: jax.Array) -> jax.Array:
+  """``||m||_F`` of each ``(b, rows, cols)`` matrix in float32, without overflow for huge entries."""
+  a = jnp.abs(m.astype(jnp.float32))
+  top = jnp.max(a, axis=(1, 2))
+  safe = jnp.where(top > 0, top, 1.0)
+  return top * jnp.sqrt(jnp.sum(jnp.square(a / safe[:, None, None]), axis=(1, 2)))
+
+
 class SoftThresholdState(NamedTuple):
   """State of `soft_threshold_outliers`.
 
@@ -517,9 +541,19 @@ class SoftThresholdState(NamedTuple):
     outlier_fraction: With ``track_outliers=True``, a tree like the params with
       the fraction of entries clipped at the last step (0 for non-matrix
       leaves); otherwise None.
+    stats: With ``track_outliers=True``, ``{name: tree}`` with the transform's
+      ``name`` and a tree like the params: `OutlierStats` for each matrix
+      leaf, `optax.MaskedNode` for the others (read by
+      `root_optax.diagnostics`); otherwise None.
   """
 
   outlier_fraction: Optional[Any]
+  stats: Optional[dict] = None
+
+
+def matrix_shape_array(rows: int, cols: int) -> jax.Array:
+  """``(min, max)`` as an int32 array: a leaf's shape group, kept in per-leaf states."""
+  return jnp.asarray([min(rows, cols), max(rows, cols)], jnp.int32)
 
 
 def soft_threshold_outliers(
@@ -527,20 +561,26 @@ def soft_threshold_outliers(
     threshold: Optional[float] = None,
     method: str = FAST,
     *,
+    multiplier: float = 1.0,
     rank_tolerance: float = 0.0,
     offset: float = REFERENCE_OFFSET,
     weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
     track_outliers: bool = False,
+    name: str = "outliers",
 ) -> optax.GradientTransformation:
   r"""Replaces each matrix ``M`` by its base ``B = M - T_eps[M] = clip(M, -eps, eps)``.
 
-  ``eps = quantile(|M|, p) + offset`` over each whole matrix (or the fixed
-  ``threshold``). Entries beyond ``eps`` are the outliers ``T_eps[M]``; they
-  are discarded so that heavy-tailed momentum entries cannot dominate the
-  orthogonalised update (paper Sec. 4.3, Eq. 8-10). Leaves that are not
+  ``eps = multiplier * quantile(|M|, p) + offset`` over each whole matrix (or
+  the fixed ``threshold``). Entries beyond ``eps`` are the outliers
+  ``T_eps[M]``; they are discarded so that heavy-tailed entries cannot
+  dominate the orthogonalised update (paper Sec. 4.3, Eq. 8-10). With the
+  paper's ``multiplier=1`` a share ``1 - p`` of every matrix is clipped at
+  every step; with ``multiplier > 1`` the clip is a gate that only acts on
+  entries far outside the bulk (``p=0.9, multiplier=3``: beyond 4.9 standard
+  deviations of a Gaussian matrix, 1e-6 of its entries). Leaves that are not
   matrices (see ``weight_dimension_numbers``) pass through unchanged. An
   infinite entry becomes NaN (the reference's ``m - T_eps[m] = inf - inf``),
-  so a non-finite momentum is never hidden by the clip.
+  so a non-finite input is never hidden by the clip.
 
   Args:
     quantile: ``p`` in (0, 1]: the fraction of entries kept unclipped.
@@ -548,18 +588,21 @@ def soft_threshold_outliers(
     method: ``'exact'`` (a sort, as the reference) or ``'fast'`` (a counting
       search from a sorted ~1024-entry sample, no full sort; see
       `fast_abs_quantiles`).
+    multiplier: ``eps`` is this multiple (>= 1) of the quantile.
     rank_tolerance: For ``'fast'``: at most this share of a matrix's entries,
-      in [0, 1), lie between ``eps - offset`` and the exact quantile. The
+      in [0, 1), lie between the threshold and the exact quantile. The
       default 0 gives the exact order statistics (the reference's value up
       to float rounding): continuous in ``M``, so sharded and single-device
       runs agree. 1e-3 clips ``1 - p`` of the entries to within 0.1 points
-      in about a third of the counting passes (``docs/performance.md``), but
-      the value then jumps with the passes taken, and runs whose momenta
-      differ by rounding (e.g. differently sharded) drift apart.
-    offset: Added to the quantile (the reference adds 1e-9), >= 0.
+      in about a third of the counting passes, but the value then jumps with
+      the passes taken, and runs whose inputs differ by rounding (e.g.
+      differently sharded) drift apart.
+    offset: Added to the threshold (the reference adds 1e-9), >= 0.
     weight_dimension_numbers: Which leaves are matrices and how to view
       higher-rank leaves; see `root_optax.dimensions.resolve`.
-    track_outliers: Keep the fraction of clipped entries per leaf in the state.
+    track_outliers: Keep per-matrix figures of the last step in the state
+      (`SoftThresholdState`; `root_optax.diagnostics` reads them).
+    name: Prefix of the keys of ``SoftThresholdState.stats``.
 
   Returns:
     An `optax.GradientTransformation`.
@@ -572,21 +615,32 @@ def soft_threshold_outliers(
   if threshold is not None:
     _validation.at_least("threshold", threshold, 0.0)
   _validation.one_of("method", method, METHODS)
+  _validation.at_least("multiplier", multiplier, 1.0)
   _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
   _validation.at_least("offset", offset, 0.0)
   _validation.boolean("track_outliers", track_outliers)
+  if not isinstance(name, str) or not name:
+    raise TypeError(f"name must be a non-empty string, got {name!r}")
   dimensions.validate_spec(weight_dimension_numbers)
 
   def init_fn(params):
     if not track_outliers:
       return SoftThresholdState(outlier_fraction=None)
-    return SoftThresholdState(jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params))
+
+    def stats(leaf, dims):
+      batch, rows, cols = dimensions.matrix_shape(leaf.shape, dims)
+      zeros = jnp.zeros([batch], jnp.float32)
+      return OutlierStats(matrix_shape_array(rows, cols), zeros, zeros, zeros)
+
+    fractions = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
+    per_leaf = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
+    return SoftThresholdState(fractions, {name: per_leaf})
 
   def thresholds(stacks):
     if threshold is not None:
       return {key: jnp.full(s.shape[:1], threshold, jnp.float32) for key, s in stacks.items()}
     values = _stack_quantiles(stacks, quantile, method, rank_tolerance)
-    return {key: v + offset for key, v in values.items()}
+    return {key: multiplier * v + offset for key, v in values.items()}
 
   def update_fn(updates, state, params=None):
     del params
@@ -596,20 +650,32 @@ def soft_threshold_outliers(
     mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
     # Clipped as stacks, as Newton-Schulz stacks them next (see `labels.stack_groups`).
     stacks, plan = _groups(mats)
-    bases, clipped = {}, {}
+    bases, figures = {}, {}
     for key, eps in thresholds(stacks).items():
-      base, outliers = split_outliers(stacks[key], eps[:, None, None])
+      base, outliers = split_outliers(stacks[key], _over_entries(eps))
       bases[key] = _propagate_infinities(stacks[key], base)
       if track_outliers:
-        clipped[key] = jnp.mean((outliers != 0).astype(jnp.float32), axis=(1, 2))
+        figures[key] = (
+            jnp.mean((outliers != 0).astype(jnp.float32), axis=(1, 2)), eps,
+            frobenius_norms(outliers))
     new_leaves = list(leaves)
     for i, base in zip(picked, labels_lib.unstack_groups(bases, plan, mats)):
       new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
     if track_outliers:
-      fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
-      for j, share in _per_member(clipped, plan).items():
-        fractions[picked[j]] = jnp.mean(share)
-      state = SoftThresholdState(jax.tree.unflatten(treedef, fractions))
+      state = _tracked_state(figures, plan, mats, picked, leaves, treedef, name)
     return jax.tree.unflatten(treedef, new_leaves), state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _tracked_state(figures, plan, mats, picked, leaves, treedef, name) -> SoftThresholdState:
+  """Per-group figures (clipped fraction, threshold, removed norm) cut back per leaf."""
+  per_input = [_per_member({k: f[n] for k, f in figures.items()}, plan) for n in range(3)]
+  fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
+  per_leaf = [optax.MaskedNode() for _ in leaves]
+  for j, i in enumerate(picked):
+    fractions[i] = jnp.mean(per_input[0][j])
+    per_leaf[i] = OutlierStats(matrix_shape_array(*mats[j].shape[-2:]),
+                               *(values[j] for values in per_input))
+  return SoftThresholdState(jax.tree.unflatten(treedef, fractions),
+                            {name: jax.tree.unflatten(treedef, per_leaf)})

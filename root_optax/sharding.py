@@ -273,8 +273,13 @@ def with_auto_axes(tx: optax.GradientTransformation) -> optax.GradientTransforma
   """
   def update_fn(updates, state, params=None):
     shardings = [_named_sharding(x) for x in jax.tree.leaves((updates, state))]
-    if not any(_is_explicit(s) for s in shardings) or None in shardings:
+    explicit = next((s for s in shardings if _is_explicit(s)), None)
+    if explicit is None:
       return tx.update(updates, state, params)
+    # Leaves without a mesh sharding (small per-matrix figures made inside the
+    # step) come out replicated.
+    replicated = NamedSharding(explicit.mesh, PartitionSpec())
+    shardings = [replicated if s is None else s for s in shardings]
     treedef = jax.tree.structure((updates, state))
     out_sharding = jax.tree.unflatten(treedef, shardings)
     return jax.sharding.auto_axes(

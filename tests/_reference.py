@@ -40,6 +40,33 @@ def root_matrix_step(w, g, buf, lr, coeffs, mu=0.95, p=0.90, wd=0.1, nesterov=Tr
   return w - lr * 0.2 * np.sqrt(max(w.shape)) * u, buf
 
 
+def gate(g, multiplier=3.0, p=0.90):
+  """The robust variant's gradient gate: clip at ``multiplier * q_p(|g|)``."""
+  return clip_outliers(g, multiplier * np.quantile(np.abs(g), p) + 1e-9)
+
+
+def burst_guard(g, ema, factor=4.0, decay=0.95):
+  """Returns (g, new_ema, caught): rescale g to ``ema`` when ``||g|| > factor * ema``."""
+  norm = np.linalg.norm(g)
+  if ema == 0.0:
+    return g, norm, False
+  caught = norm > factor * ema
+  new_ema = decay * ema + (1 - decay) * min(norm, factor * ema)
+  return (g * ema / norm if caught else g), new_ema, caught
+
+
+def robust_matrix_step(w, g, buf, ema, lr, coeffs, mu=0.95, wd=0.1, multiplier=3.0, factor=4.0):
+  """The robust variant: gate, burst guard, momentum, Newton-Schulz (no momentum clip).
+
+  Returns (new_w, new_buf, new_ema, caught).
+  """
+  g, ema, caught = burst_guard(gate(g, multiplier), ema, factor)
+  buf, m = momentum(buf, g, mu)
+  u = newton_schulz(m, coeffs)
+  w = w * (1 - lr * wd)
+  return w - lr * 0.2 * np.sqrt(max(w.shape)) * u, buf, ema, caught
+
+
 def adamw_step(w, g, m, v, t, lr, b1=0.9, b2=0.95, eps=1e-8, wd=0.1):
   """PyTorch AdamW; ``t`` is the 1-based step. Returns (w, m, v)."""
   m = b1 * m + (1 - b1) * g

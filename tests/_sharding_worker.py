@@ -126,13 +126,15 @@ def grads_for(step, params):
 
 
 def replicate_scalars(state, mesh):
-  """Commits scalar state (step counts) to the mesh, as jit returns them.
+  """Commits scalar and per-matrix state to the mesh, as jit returns them.
 
   Left uncommitted on one device, they make the second step recompile with
   any optax optimizer.
   """
   replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x, state)
+  # Scalars, and ROOT's per-matrix figures (small vectors made by init on one device).
+  uncommitted = lambda x: x.ndim == 0 or isinstance(x.sharding, jax.sharding.SingleDeviceSharding)
+  return jax.tree.map(lambda x: jax.device_put(x, replicated) if uncommitted(x) else x, state)
 
 
 def run_steps(tx, params, steps=3, mesh=None):
@@ -189,7 +191,7 @@ def case_updates(reference, mesh_shape, sharding, axis_type=AxisType.Explicit, c
   specs = tree_specs(mesh.axis_names)
   params = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), make_params(), specs)
   tx = make_tx(mesh if sharding == "mesh" else sharding)
-  init_state = tx.init(params)
+  init_state = replicate_scalars(tx.init(params), mesh)
   updates, new_params, state, traces, compiles, step = run_steps(tx, params, mesh=mesh)
   if collectives is not None:  # from the executable cache: no new compilation
     hlo = step.lower(new_params, state, jnp.float32(0)).compile().as_text()

@@ -29,7 +29,8 @@ def _coeffs_for(shape):
 def test_root_matches_numpy_reference_over_steps(maybe_jit, nesterov):
   lr, wd, steps = 0.02, 0.1, 4
   params = _params(0)
-  tx = root_optax.root(lr, coefficients=TABLE, nesterov=nesterov, threshold_method="exact")
+  tx = root_optax.root(lr, variant="paper", coefficients=TABLE, nesterov=nesterov,
+                       threshold_method="exact")
   state = tx.init(jax.tree.map(jnp.asarray, params))
   update = maybe_jit(tx.update)
   jparams = jax.tree.map(jnp.asarray, params)
@@ -52,12 +53,78 @@ def test_root_matches_numpy_reference_over_steps(maybe_jit, nesterov):
     np.testing.assert_allclose(jparams[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("burst_at", [None, 3])
+def test_robust_variant_matches_numpy_reference_over_steps(maybe_jit, burst_at):
+  lr, wd, steps = 0.02, 0.1, 5
+  params = _params(0)
+  tx = root_optax.root(lr, coefficients=TABLE, threshold_method="exact")
+  jparams = jax.tree.map(jnp.asarray, params)
+  state, update = tx.init(jparams), maybe_jit(tx.update)
+  ref = {k: v.astype(np.float64) for k, v in params.items()}
+  bufs = {k: np.zeros(s) for k, s in SHAPES.items()}
+  emas = {k: 0.0 for k in SHAPES}
+  adam = {k: (np.zeros(s), np.zeros(s)) for k, s in SHAPES.items()}
+  caught = {}
+  for t in range(1, steps + 1):
+    grads = {k: v * 1.0 for k, v in _params(100 + t).items()}
+    grads["w_wide"][0, 0] = 50.0  # a spike at every step: the gate clips it
+    if t == burst_at:
+      grads = {k: 30.0 * g if g.ndim == 2 else g for k, g in grads.items()}
+    updates, state = update(jax.tree.map(jnp.asarray, grads), state, jparams)
+    jparams = optax.apply_updates(jparams, updates)
+    for k, g in grads.items():
+      g = g.astype(np.float64)
+      if g.ndim == 2:
+        ref[k], bufs[k], emas[k], hit = _reference.robust_matrix_step(
+            ref[k], g, bufs[k], emas[k], lr, _coeffs_for(g.shape), wd=wd)
+        caught[k] = caught.get(k, 0) + hit
+      else:
+        ref[k], m, v = _reference.adamw_step(ref[k], g, *adam[k], t, lr, wd=wd)
+        adam[k] = (m, v)
+  for k in SHAPES:
+    np.testing.assert_allclose(jparams[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  figures = root_optax.diagnostics(state)
+  assert sum(caught.values()) == (3 if burst_at else 0)
+  assert sum(v for k, v in figures.items() if k.endswith("/caught")) == sum(caught.values())
+  # w_wide (6x10, one clipped entry) and w_tall (10x6, none) form the 6x10 group.
+  assert figures["gradient_outliers/6x10/clipped_fraction"] == pytest.approx(1 / 120)
+
+
+def test_new_shapes_train_with_adaptive_coefficients_and_no_warning(tmp_path):
+  rng = np.random.default_rng(3)
+  params = {k: jnp.asarray(rng.normal(size=s), jnp.float32)
+            for k, s in {"a": (96, 200), "b": (200, 96), "c": (33, 1000)}.items()}
+  grads = jax.tree.map(lambda p: p[::-1] * 0.1, params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    tx = root_optax.root(1e-2, calibration_cache_dir=str(tmp_path))
+    ours, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  muon = root_optax.root(1e-2, coefficients="muon")
+  theirs, _ = muon.update(grads, muon.init(params), params)
+  for k in params:
+    assert float(jnp.max(jnp.abs(ours[k] - theirs[k]))) > 1e-4, k
+  assert len(list(tmp_path.glob("*.json"))) == 2  # 96x200 and 200x96 share an entry
+
+
+def test_paper_table_warns_once_naming_every_missing_shape_at_the_callers_line():
+  params = {"a": jnp.ones((96, 200)), "b": jnp.ones((33, 1000)), "c": jnp.ones((96, 200))}
+  tx = root_optax.root(1e-2, variant="paper")
+  state = tx.init(params)
+  with pytest.warns(UserWarning) as record:
+    tx.update(params, state, params)
+  tx.update(params, state, params)
+  shape_warnings = [w for w in record if "no entry" in str(w.message)]
+  assert len(shape_warnings) == 1
+  assert "96x200" in str(shape_warnings[0].message) and "33x1000" in str(shape_warnings[0].message)
+  assert shape_warnings[0].filename == __file__
+
+
 def test_fast_threshold_gives_the_same_step_as_exact():
   params = jax.tree.map(jnp.asarray, _params(1))
   grads = jax.tree.map(jnp.asarray, _params(2))
   outs = []
   for method in ("exact", "fast"):
-    tx = root_optax.root(0.01, coefficients=TABLE, threshold_method=method)
+    tx = root_optax.root(0.01, variant="paper", coefficients=TABLE, threshold_method=method)
     outs.append(tx.update(grads, tx.init(params), params)[0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *outs)
 
@@ -126,8 +193,8 @@ def test_stacked_leaf_via_dimension_numbers():
   params = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.zeros(10)}
   grads = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.ones(10)}
   dims = {"stack": root_optax.DimensionNumbers(1, 2), "b": None}
-  tx = root_optax.root(0.01, coefficients=TABLE, weight_dimension_numbers=dims, weight_decay=0.0,
-                       threshold_method="exact")
+  tx = root_optax.root(0.01, variant="paper", coefficients=TABLE, weight_dimension_numbers=dims,
+                       weight_decay=0.0, threshold_method="exact")
   updates, _ = tx.update(grads, tx.init(params), params)
   for k in range(3):
     g = np.asarray(grads["stack"][k], np.float64)

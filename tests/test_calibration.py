@@ -1,8 +1,12 @@
 """Tests for root_optax.calibration, the 'ada' preset and the CLI."""
 
 import json
+import logging
+import os
+import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import pytest
 import _reference
 import root_optax
 from root_optax import calibration
+from root_optax import calibration_cache
 from root_optax import cli
 from root_optax import coefficients
 
@@ -227,3 +232,73 @@ def test_cli_writes_a_table_that_loads(tmp_path, monkeypatch, capsys):
   direct = calibration.calibrate_shape((16, 40), **FAST)
   np.testing.assert_allclose(table.shapes[(16, 40)], direct.coefficients)
   assert json.loads(out.read_text())["meta"]["24x24"]["max_gain"] <= 1.5
+
+
+def _auto_fit_in_a_new_process(shape, cache_dir):
+  code = ("import json, sys; from root_optax import calibration_cache as c; "
+          f"r = c.coefficients_for_shape({shape!r}, 5, cache_dir={cache_dir!r}); "
+          "print(json.dumps(r.coefficients.tolist()))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  return json.loads(out.stdout)
+
+
+def test_auto_coefficients_are_identical_in_two_processes_and_safe():
+  first = _auto_fit_in_a_new_process((40, 72), False)
+  second = _auto_fit_in_a_new_process((72, 40), False)
+  assert first == second
+  assert calibration.check_safety(np.asarray(first), 5).safe
+  held = _held_out((40, 72))
+  ours = np.mean([_numpy_error(first, g, "schatten4") for g in held])
+  muon = np.mean([_numpy_error(_reference.MUON, g) for g in held])
+  assert ours < 0.1 * muon
+
+
+def test_auto_cache_miss_writes_hit_reads_and_a_bad_directory_falls_back(tmp_path, caplog):
+  miss = calibration_cache.coefficients_for_shape((24, 56), 4, cache_dir=str(tmp_path))
+  files = list(tmp_path.glob("*.json"))
+  assert len(files) == 1 and miss.seconds > 0 and miss.coefficients.shape == (4, 3)
+  calibration.clear_cache()
+  hit = calibration_cache.coefficients_for_shape((24, 56), 4, cache_dir=str(tmp_path))
+  assert hit.seconds == 0.0
+  np.testing.assert_array_equal(hit.coefficients, miss.coefficients)
+  blocked = tmp_path / "a_file"
+  blocked.write_text("")
+  with caplog.at_level(logging.INFO, logger="root_optax"):
+    for shape in [(24, 57), (24, 58)]:
+      calibration_cache.coefficients_for_shape(shape, 4, cache_dir=str(blocked / "cache"))
+  assert sum("not writable" in r.message for r in caplog.records) == 1
+
+
+def test_auto_cache_never_inside_the_package_and_false_means_memory():
+  package = os.path.dirname(root_optax.__file__)
+  assert calibration_cache.resolve_cache_dir(os.path.join(package, "data")) is None
+  assert calibration_cache.resolve_cache_dir(False) is None
+  root_optax.set_calibration_cache_dir("/tmp/somewhere")
+  try:
+    assert calibration_cache.resolve_cache_dir() == "/tmp/somewhere"
+  finally:
+    root_optax.set_calibration_cache_dir(None)
+  with pytest.raises(TypeError, match="path"):
+    root_optax.set_calibration_cache_dir(3)
+
+
+def test_auto_table_calibrates_under_eval_shape_and_jit_and_logs_one_line(tmp_path, caplog):
+  params = {"a": jnp.ones((20, 44)), "b": jnp.ones((44, 20)), "c": jnp.ones((12, 300))}
+  tx = root_optax.root(1e-2, calibration_cache_dir=str(tmp_path))
+  with caplog.at_level(logging.INFO, logger="root_optax"):
+    state = jax.eval_shape(tx.init, params)
+    out = jax.eval_shape(tx.update, params, state, params)
+    jax.jit(tx.update)(params, tx.init(params), params)
+  assert jax.tree.map(lambda x: x.shape, out[0]) == jax.tree.map(lambda x: x.shape, params)
+  lines = [r.message for r in caplog.records if "calibrated" in r.message]
+  assert len(lines) == 1 and "20x44" in lines[0] and "12x300" in lines[0]
+
+
+def test_auto_table_recalibrates_entries_fitted_for_other_step_counts(tmp_path):
+  params = {"w": jnp.ones((256, 768))}
+  grads = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((256, 768)), jnp.float32)}
+  tx = root_optax.ada_newton_orthogonalize("auto", ns_steps=3, cache_dir=str(tmp_path))
+  out, _ = tx.update(grads, tx.init(params))
+  assert len(list(tmp_path.glob("*.json"))) == 1  # the shipped 5-step entry was not used
+  s = np.linalg.svd(np.asarray(out["w"], np.float64), compute_uv=False)
+  assert np.all(np.abs(s - 1.0) < 0.3)

@@ -1,0 +1,82 @@
+"""Per-step, per-shape-group figures read from an optimizer state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from root_optax import bursts
+from root_optax import outliers
+
+
+
+def _value(x: Any) -> np.ndarray:
+  """An array on the host; unwraps containers such as Flax NNX variables."""
+  return np.asarray(getattr(x, "value", x))
+
+
+def _figures(entry: Any) -> dict[str, np.ndarray]:
+  if isinstance(entry, outliers.OutlierStats):
+    return {"clipped_fraction": entry.clipped_fraction, "threshold": entry.threshold,
+            "removed_norm": entry.removed_norm}
+  return {"caught": entry.caught, "norm_ema": entry.norm_ema}
+
+
+def _stage_figures(name: str, per_leaf: Any) -> dict[str, float]:
+  """Per shape group: sums of ``caught``, means of the other figures."""
+  groups: dict[str, dict[str, list]] = {}
+  is_entry = lambda x: isinstance(x, (outliers.OutlierStats, bursts.BurstStats))
+  for entry in jax.tree.leaves(per_leaf, is_leaf=is_entry):
+    if not is_entry(entry):
+      continue
+    m, n = (int(v) for v in _value(entry.matrix_shape))
+    group = groups.setdefault(f"{name}/{m}x{n}", {})
+    for figure, values in _figures(entry).items():
+      group.setdefault(figure, []).append(_value(values).ravel())
+  out = {}
+  for key, group in groups.items():
+    for figure, parts in group.items():
+      values = np.concatenate(parts)
+      out[f"{key}/{figure}"] = float(values.sum() if figure == "caught" else values.mean())
+  return out
+
+
+def diagnostics(opt_state: Any) -> dict[str, float]:
+  """Outlier and burst figures of the last step, per stage and matrix shape group.
+
+  Reads the states of `soft_threshold_outliers` (with ``track_outliers=True``,
+  as `root` builds them) and `clip_bursts` anywhere in ``opt_state`` (an
+  `optax.chain`, `optax.partition`, `optax.inject_hyperparams`, a Flax
+  ``nnx.Optimizer(...).opt_state``...). Host-side only: call it outside
+  ``jit``; nothing is recompiled.
+
+  Example:
+
+    >>> import jax.numpy as jnp, root_optax
+    >>> tx = root_optax.root(1e-2)
+    >>> params = {"w": jnp.ones((4, 8))}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update({"w": jnp.ones((4, 8))}, state, params)
+    >>> sorted(root_optax.diagnostics(state))[:2]
+    ['bursts/4x8/caught', 'bursts/4x8/norm_ema']
+
+  Args:
+    opt_state: An optimizer state.
+
+  Returns:
+    A flat dict ``{'<stage>/<min>x<max>/<figure>': float}``. Figures:
+    ``clipped_fraction``, ``threshold`` and ``removed_norm`` (``||T_eps[M]||_F``),
+    means over the matrices of the group, for the stages
+    ``gradient_outliers`` (the gate before the momentum) and
+    ``momentum_outliers`` (the paper's clip); ``caught`` (bursts rescaled so
+    far, summed over the group) and ``norm_ema`` for ``bursts``.
+  """
+  out: dict[str, float] = {}
+  is_stage = lambda x: isinstance(x, (outliers.SoftThresholdState, bursts.ClipBurstsState))
+  for state in jax.tree.leaves(opt_state, is_leaf=is_stage):
+    if is_stage(state):
+      for name, per_leaf in (state.stats or {}).items():
+        out.update(_stage_figures(name, per_leaf))
+  return out
