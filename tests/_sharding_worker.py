@@ -37,7 +37,10 @@ import root_optax  # noqa: E402
 from root_optax import sharding as sharding_lib  # noqa: E402
 
 warnings.filterwarnings("ignore", message="root_optax: no ")
-ATOL = 1e-5
+# float32 updates of size ~0.2: the default 'auto' coefficients (Schatten-4, first
+# step a = 8.3) amplify the rounding of differently ordered sharded reductions to
+# ~1.4e-5; a real sharding bug moves updates by O(0.1).
+ATOL = 3e-5
 LAYERS, D, VOCAB = 3, 32, 64
 STACKED = MuonDimensionNumbers(reduction_axis=1, output_axis=2)
 MATRIX = MuonDimensionNumbers(reduction_axis=0, output_axis=1)
