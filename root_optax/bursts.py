@@ -23,7 +23,8 @@ from root_optax import outliers
 
 
 class BurstStats(NamedTuple):
-  """Per-matrix guard state of one leaf.
+  """Per-matrix guard state, each field a tree like the params (arrays for
+  matrix leaves, `optax.MaskedNode` for the others).
 
   Attributes:
     matrix_shape: ``(min, max)`` of the leaf's matrices (int32), its shape group.
@@ -41,8 +42,7 @@ class ClipBurstsState(NamedTuple):
   """State of `clip_bursts`.
 
   Attributes:
-    stats: ``{'bursts': tree}``, a tree like the params: `BurstStats` for
-      each matrix leaf, `optax.MaskedNode` for the others.
+    stats: ``{'bursts': BurstStats}``.
   """
 
   stats: dict
@@ -102,13 +102,14 @@ def clip_bursts(
       batch, rows, cols = dimensions.matrix_shape(leaf.shape, dims)
       return BurstStats(outliers.matrix_shape_array(rows, cols),
                         jnp.zeros([batch], jnp.float32), jnp.zeros([batch], jnp.int32))
-    return ClipBurstsState({"bursts": dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)})
+    entries, treedef = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
+    return ClipBurstsState({"bursts": outliers.trees_of_fields(BurstStats, entries, treedef)})
 
   def update_fn(updates, state, params=None):
     del params
     leaves, treedef = jax.tree.flatten(updates)
     dims = dimensions.resolve(weight_dimension_numbers, updates)
-    olds = treedef.flatten_up_to(state.stats["bursts"])
+    olds = outliers.per_leaf_entries(state.stats["bursts"], treedef)
     new_leaves, new_stats = list(leaves), list(olds)
     for i, (leaf, d, old) in enumerate(zip(leaves, dims, olds)):
       if d is None:
@@ -118,7 +119,7 @@ def clip_bursts(
       scale, ema, burst = _burst_step(norm, old.norm_ema, factor, decay)
       new_leaves[i] = dimensions.from_matrices(m * scale.astype(m.dtype)[:, None, None], leaf.shape, d)
       new_stats[i] = BurstStats(old.matrix_shape, ema, old.caught + burst.astype(jnp.int32))
-    stats = {"bursts": jax.tree.unflatten(treedef, new_stats)}
+    stats = {"bursts": outliers.trees_of_fields(BurstStats, new_stats, treedef)}
     return jax.tree.unflatten(treedef, new_leaves), ClipBurstsState(stats)
 
   return optax.GradientTransformation(init_fn, update_fn)

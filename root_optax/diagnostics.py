@@ -17,24 +17,13 @@ def _value(x: Any) -> np.ndarray:
   return np.asarray(getattr(x, "value", x))
 
 
-def _figures(entry: Any) -> dict[str, np.ndarray]:
-  if isinstance(entry, outliers.OutlierStats):
-    return {"clipped_fraction": entry.clipped_fraction, "threshold": entry.threshold,
-            "removed_norm": entry.removed_norm}
-  return {"caught": entry.caught, "norm_ema": entry.norm_ema}
-
-
-def _stage_figures(name: str, per_leaf: Any) -> dict[str, float]:
+def _stage_figures(name: str, stats: Any) -> dict[str, float]:
   """Per shape group: sums of ``caught``, means of the other figures."""
+  shapes = [tuple(int(v) for v in _value(x)) for x in jax.tree.leaves(stats.matrix_shape)]
   groups: dict[str, dict[str, list]] = {}
-  is_entry = lambda x: isinstance(x, (outliers.OutlierStats, bursts.BurstStats))
-  for entry in jax.tree.leaves(per_leaf, is_leaf=is_entry):
-    if not is_entry(entry):
-      continue
-    m, n = (int(v) for v in _value(entry.matrix_shape))
-    group = groups.setdefault(f"{name}/{m}x{n}", {})
-    for figure, values in _figures(entry).items():
-      group.setdefault(figure, []).append(_value(values).ravel())
+  for figure in stats._fields[1:]:
+    for (m, n), values in zip(shapes, jax.tree.leaves(getattr(stats, figure))):
+      groups.setdefault(f"{name}/{m}x{n}", {}).setdefault(figure, []).append(_value(values).ravel())
   out = {}
   for key, group in groups.items():
     for figure, parts in group.items():
@@ -77,6 +66,6 @@ def diagnostics(opt_state: Any) -> dict[str, float]:
   is_stage = lambda x: isinstance(x, (outliers.SoftThresholdState, bursts.ClipBurstsState))
   for state in jax.tree.leaves(opt_state, is_leaf=is_stage):
     if is_stage(state):
-      for name, per_leaf in (state.stats or {}).items():
-        out.update(_stage_figures(name, per_leaf))
+      for name, stats in (state.stats or {}).items():
+        out.update(_stage_figures(name, stats))
   return out

@@ -128,13 +128,12 @@ def fan_in_out(shape: tuple[int, ...], dims: Optional[MuonDimensionNumbers]) -> 
 
 
 def map_matrix_leaves(fn: Callable[[jax.Array, MuonDimensionNumbers], Any], params: Any,
-                      weight_dimension_numbers: WeightDimNumOrFn) -> Any:
-  """A tree like ``params``: ``fn(leaf, dims)`` for matrix leaves, `optax.MaskedNode` elsewhere.
+                      weight_dimension_numbers: WeightDimNumOrFn) -> tuple[list, Any]:
+  """``fn(leaf, dims)`` for each matrix leaf, `optax.MaskedNode` for the others, and the treedef.
 
-  Per-leaf optimizer states built this way have the params' structure, so
+  Per-leaf optimizer states built from these have the params' structure, so
   `optax.tree_map_params` and checkpoint tools see them as param trees.
   """
   leaves, treedef = jax.tree.flatten(params)
   dims = resolve(weight_dimension_numbers, params)
-  return jax.tree.unflatten(treedef, [optax.MaskedNode() if d is None else fn(leaf, d)
-                                      for leaf, d in zip(leaves, dims)])
+  return [optax.MaskedNode() if d is None else fn(leaf, d) for leaf, d in zip(leaves, dims)], treedef

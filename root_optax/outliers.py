@@ -511,10 +511,11 @@ def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
 
 
 class OutlierStats(NamedTuple):
-  """Figures of the last step for the matrices of one leaf.
+  """Figures of the last step, each a tree like the params (arrays for matrix
+  leaves, `optax.MaskedNode` for the others), as optax keeps ``mu`` and ``nu``.
 
   Attributes:
-    matrix_shape: ``(min, max)`` of the leaf's matrices (int32), its shape group.
+    matrix_shape: ``(min, max)`` of each leaf's matrices (int32), its shape group.
     clipped_fraction: Share of each matrix's entries beyond the threshold.
     threshold: ``eps`` of each matrix.
     removed_norm: ``||T_eps[M]||_F`` of each matrix, the norm clipped away.
@@ -541,14 +542,30 @@ class SoftThresholdState(NamedTuple):
     outlier_fraction: With ``track_outliers=True``, a tree like the params with
       the fraction of entries clipped at the last step (0 for non-matrix
       leaves); otherwise None.
-    stats: With ``track_outliers=True``, ``{name: tree}`` with the transform's
-      ``name`` and a tree like the params: `OutlierStats` for each matrix
-      leaf, `optax.MaskedNode` for the others (read by
-      `root_optax.diagnostics`); otherwise None.
+    stats: With ``track_outliers=True``, ``{name: OutlierStats}`` with the
+      transform's ``name`` (read by `root_optax.diagnostics`); otherwise None.
   """
 
   outlier_fraction: Optional[Any]
   stats: Optional[dict] = None
+
+
+def trees_of_fields(cls, entries: list, treedef) -> Any:
+  """One ``cls`` of param-like trees from one ``cls`` (or `optax.MaskedNode`) per leaf.
+
+  Per-field trees of arrays, not trees of NamedTuples: containers such as
+  ``nnx.Optimizer`` wrap each param-like leaf and would rebuild a NamedTuple
+  leaf as another type (a retrace per step).
+  """
+  masked = lambda e: isinstance(e, optax.MaskedNode)
+  return cls(*(jax.tree.unflatten(treedef, [e if masked(e) else e[k] for e in entries])
+               for k in range(len(cls._fields))))
+
+
+def per_leaf_entries(stats: NamedTuple, treedef) -> list:
+  """Inverse of `trees_of_fields`: one ``type(stats)`` or `optax.MaskedNode` per leaf."""
+  fields = [treedef.flatten_up_to(tree) for tree in stats]
+  return [f[0] if isinstance(f[0], optax.MaskedNode) else type(stats)(*f) for f in zip(*fields)]
 
 
 def matrix_shape_array(rows: int, cols: int) -> jax.Array:
@@ -633,8 +650,8 @@ def soft_threshold_outliers(
       return OutlierStats(matrix_shape_array(rows, cols), zeros, zeros, zeros)
 
     fractions = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
-    per_leaf = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
-    return SoftThresholdState(fractions, {name: per_leaf})
+    entries, treedef = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
+    return SoftThresholdState(fractions, {name: trees_of_fields(OutlierStats, entries, treedef)})
 
   def thresholds(stacks):
     if threshold is not None:
@@ -678,4 +695,4 @@ def _tracked_state(figures, plan, mats, picked, leaves, treedef, name) -> SoftTh
     per_leaf[i] = OutlierStats(matrix_shape_array(*mats[j].shape[-2:]),
                                *(values[j] for values in per_input))
   return SoftThresholdState(jax.tree.unflatten(treedef, fractions),
-                            {name: jax.tree.unflatten(treedef, per_leaf)})
+                            {name: trees_of_fields(OutlierStats, per_leaf, treedef)})

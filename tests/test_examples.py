@@ -107,10 +107,6 @@ def _nnx_root_state():
   return diagnose(optimizer.opt_state), len(traces)
 
 
-@pytest.mark.xfail(reason="known bug: nnx.Optimizer wraps root()'s per-leaf OutlierStats/BurstStats "
-                   "NamedTuples in OptVariables and returns them as nnx.State, so the step is traced "
-                   "twice and diagnostics() reads nothing after step 1; fix: per-field array trees",
-                   strict=False)
 def test_root_state_round_trips_through_nnx_optimizer():
   """`root()`'s state keeps its types in an ``nnx.Optimizer``: the step is
   traced (and compiled) once, and `root_optax.diagnostics` reads the state
