@@ -133,7 +133,7 @@ def peak_mib():
 
 
 def step_section(optimizer: str, params, grads, repeats: int) -> dict:
-  tx = _trees.root_optimizer(coefficients="muon") if optimizer == "root" else _trees.muon_optimizer()
+  tx = _trees.root_optimizer(ns_coeffs="muon") if optimizer == "root" else _trees.muon_optimizer()
   compile_s, compiled, state = step_time._compile(tx, params, grads)  # pylint: disable=protected-access
   step_s = median_seconds(step_time._runner(compiled, params, state, grads), repeats)  # pylint: disable=protected-access
   return {"compile_s": compile_s, "step_s": step_s, "peak_mib": peak_mib()}

@@ -190,7 +190,7 @@ def record_momenta(steps, every, sizes, seed=0, batch=128):
   """Trains with ROOT ('ada') and returns the recorded NS inputs per step."""
   x, y = _digits()
   params = _init_mlp(jax.random.PRNGKey(seed), sizes)
-  opt = root_optax.root(1e-2, coefficients="ada")
+  opt = root_optax.root(1e-2, ns_coeffs="ada")
   state = opt.init(params)
   bufs = [jnp.zeros_like(layer["w"]) for layer in params]
   rng = np.random.default_rng(seed)

@@ -71,7 +71,7 @@ def _fresh_compile_seconds(tree: str, key: str, args) -> float:
 def _optimizers(args) -> dict:
   return {
       "root": lambda: _trees.root_optimizer(
-          coefficients=args.coefficients, threshold_method=args.threshold_method,
+          ns_coeffs=args.coefficients, threshold_method=args.threshold_method,
           threshold_rank_tolerance=args.threshold_rank_tolerance),
       "muon": _trees.muon_optimizer,
   }

@@ -30,7 +30,7 @@ def root_paper() -> dict:
   """
   if "variant" in _ROOT_ARGS:
     return dict(variant="paper")
-  return dict(quantile=0.90, coefficients="paper")
+  return dict(quantile=0.90, ns_coeffs="paper")
 
 
 def root_without_outlier_handling() -> dict:
@@ -53,4 +53,4 @@ def root_without_outlier_handling() -> dict:
 def root_muon_coefficients() -> dict:
   """`root()` keyword arguments of the "outlier handling only" ablation:
   Muon's Newton-Schulz triple for every shape, ROOT's default outlier handling."""
-  return dict(coefficients="muon")
+  return dict(ns_coeffs="muon")

@@ -4,7 +4,7 @@
   (``outliers=False``; until `root()` has that switch, ``quantile=1.0``, which
   clips nothing);
 * "outlier handling only": the defaults with Muon's Newton-Schulz triple for
-  every shape (``coefficients="muon"``);
+  every shape (``ns_coeffs="muon"``);
 * ROOT (the defaults) is the baseline of the paired comparison; optax Muon
   (neither fix, and optax's own momentum) is the reference.
 

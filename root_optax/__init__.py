@@ -30,6 +30,9 @@ from root_optax.outliers import fast_abs_quantiles
 from root_optax.outliers import soft_threshold
 from root_optax.outliers import soft_threshold_outliers
 from root_optax.outliers import split_outliers
+from root_optax.routing import Route
+from root_optax.routing import describe
+from root_optax.routing import routes
 from root_optax.scaling import scale_by_shape
 
 __version__ = "0.1.0"
@@ -40,10 +43,12 @@ __all__ = (
     "CoefficientTable",
     "DimensionNumbers",
     "OutlierStats",
+    "Route",
     "ada_newton_orthogonalize",
     "clip_bursts",
     "composed_polynomial",
     "default_labels",
+    "describe",
     "diagnostics",
     "exact_abs_quantile",
     "fast_abs_quantiles",
@@ -53,6 +58,7 @@ __all__ = (
     "preset_names",
     "root",
     "route_by_path",
+    "routes",
     "scale_by_shape",
     "set_calibration_cache_dir",
     "soft_threshold",

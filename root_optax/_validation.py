@@ -5,8 +5,6 @@ inside `jax.jit`) and schedules (callables) are not checked: there is no
 value to check at build time.
 """
 
-from __future__ import annotations
-
 import numbers
 from typing import Any
 

@@ -1,7 +1,5 @@
 """`root()`: the ROOT optimizer, chained from the package's transforms."""
 
-from __future__ import annotations
-
 import math
 from typing import Any, Callable, Optional, Union
 
@@ -17,6 +15,7 @@ from root_optax import labels as labels_lib
 from root_optax import momentum as momentum_lib
 from root_optax import orthogonalize
 from root_optax import outliers
+from root_optax import routing
 from root_optax import scaling as scaling_lib
 from root_optax import sharding as sharding_lib
 
@@ -27,8 +26,8 @@ VARIANTS = (ROBUST, PAPER)
 # What each variant uses for the arguments left at None. The robust gate and
 # burst band are the values chosen on the LM example (docs/results.md).
 VARIANT_DEFAULTS = {
-    ROBUST: dict(outlier_gate=3.0, burst_factor=4.0, quantile=1.0, coefficients="auto"),
-    PAPER: dict(outlier_gate=math.inf, burst_factor=math.inf, quantile=0.90, coefficients="paper"),
+    ROBUST: dict(outlier_gate=3.0, burst_factor=4.0, quantile=1.0, ns_coeffs="muon"),
+    PAPER: dict(outlier_gate=math.inf, burst_factor=math.inf, quantile=0.90, ns_coeffs="paper"),
 }
 GATE_QUANTILE = 0.90  # the gate is a multiple of this magnitude quantile of each gradient matrix
 
@@ -85,6 +84,41 @@ def _check_real_root_leaves(params, labels) -> None:
           f"real Gram matrix). Label it {labels_lib.ADAM!r} with param_labels.")
 
 
+# Earlier names of root()'s arguments -> the optax.contrib.muon names they now have.
+RENAMED = {
+    "momentum": "beta",
+    "coefficients": "ns_coeffs",
+    "normalization": "preconditioning",
+    "weight_dimension_numbers": "muon_weight_dimension_numbers",
+    "scaling": "consistent_rms",
+    "rms": "consistent_rms",
+}
+# optax Muon's preconditioning names -> the Newton-Schulz kernel's.
+PRECONDITIONINGS = {
+    "frobenius": "frobenius",
+    "schatten": "schatten4",
+    "schatten4": "schatten4",
+    "aol": "aol",
+    "spectral": "spectral",
+}
+
+
+def _reject_renamed(renamed: dict) -> None:
+  for name in renamed:
+    if name in RENAMED:
+      raise TypeError(
+          f"root() has no argument {name!r}: it is now {RENAMED[name]!r}, "
+          "the name optax.contrib.muon uses (see the CHANGELOG)")
+    raise TypeError(f"root() got an unexpected keyword argument {name!r}")
+
+
+def _normalization(preconditioning: Optional[str]) -> Optional[str]:
+  if preconditioning is None:
+    return None
+  _validation.one_of("preconditioning", preconditioning, tuple(PRECONDITIONINGS))
+  return PRECONDITIONINGS[preconditioning]
+
+
 def _is_off(value, off: float) -> bool:
   """A stage is left out for the Python number that makes it a no-op; an array
   (e.g. from `optax.inject_hyperparams`) keeps it in the chain."""
@@ -100,10 +134,25 @@ def _branch_mask(mask: MaskOrFn):
 
 def root(
     learning_rate: optax.ScalarOrSchedule,
+    ns_coeffs: Optional[coefficients_lib.CoefficientSpec] = None,
+    ns_steps: int = 5,
+    beta: float = 0.95,
+    eps: float = 1e-7,
+    weight_decay: float = 0.1,
+    weight_decay_mask: MaskOrFn = None,
+    mu_dtype: Optional[Any] = None,
     *,
-    variant: str = ROBUST,
-    momentum: float = 0.95,
     nesterov: bool = True,
+    adaptive: bool = False,
+    preconditioning: Optional[str] = None,
+    adam_b1: float = 0.9,
+    adam_b2: float = 0.95,
+    adam_eps_root: float = 0.0,
+    adam_weight_decay: Optional[float] = None,
+    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
+    muon_weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
+    consistent_rms: Optional[float] = 0.2,
+    variant: str = ROBUST,
     outlier_gate: Optional[float] = None,
     burst_factor: Optional[float] = None,
     burst_decay: float = 0.95,
@@ -111,25 +160,13 @@ def root(
     threshold: Optional[float] = None,
     threshold_method: str = outliers.FAST,
     threshold_rank_tolerance: float = 0.0,
-    coefficients: Optional[coefficients_lib.CoefficientSpec] = None,
     calibration_cache_dir: calibration_cache.CacheDir = None,
-    ns_steps: int = 5,
-    normalization: Optional[str] = None,
-    eps: float = 1e-7,
-    compute_dtype=None,
-    mu_dtype=None,
-    scaling: Optional[str] = scaling_lib.RMS,
-    rms: float = 0.2,
-    weight_decay: float = 0.1,
-    weight_decay_mask: MaskOrFn = None,
-    param_labels: labels_lib.LabelsOrFn = None,
-    weight_dimension_numbers: dimensions.WeightDimNumOrFn = None,
-    adam_learning_rate: Optional[optax.ScalarOrSchedule] = None,
-    adam_b1: float = 0.9,
-    adam_b2: float = 0.95,
+    compute_dtype: Optional[Any] = None,
     adam_eps: float = 1e-8,
-    adam_weight_decay: Optional[float] = None,
+    adam_nesterov: bool = False,
+    param_labels: labels_lib.LabelsOrFn = None,
     sharding: sharding_lib.ShardingSpec = None,
+    **renamed: Any,
 ) -> optax.GradientTransformation:
   r"""ROOT: Robust Orthogonalized Optimizer (He et al., 2025).
 
@@ -138,37 +175,91 @@ def root(
 
     G   = clip(G, -k q, k q)                (outlier gate; q = q_0.9(|G|))
     G   = G r / ||G||  if ||G|| > f r       (burst guard; r = EMA of ||G||)
-    M   = mu M + G;   N = G + mu M          (trace)
+    M   = beta M + G;   N = G + beta M      (trace)
     B   = clip(N, -eps_q, eps_q)            (the paper's clip, eps_q = q_p(|N|))
     U   = NS_shape(B / ||B||)               (ada_newton_orthogonalize)
     W  <- W (1 - lr wd) - lr 0.2 sqrt(max(m, n)) U   (scale_by_shape, decay)
+
+  The arguments shared with `optax.contrib.muon` have its names and meaning,
+  so a Muon call runs unchanged with ``root``; the defaults that differ are
+  ROOT's (the reference script's): ``eps=1e-7``, ``weight_decay=0.1``,
+  ``adam_b2=0.95`` and ``consistent_rms=0.2``.
 
   ``variant`` picks the defaults of the robustness stages:
 
   * ``'robust'`` (default): the gate (``k = 3``) and the burst guard
     (``f = 4``) act on the gradient before it enters the momentum, and only
-    on real outliers: a clean Gaussian gradient loses about 1e-6 of its
-    entries, a clean step of the LM example none of its norm. The paper's
-    momentum clip is off (``quantile=1.0``): on clean data it removes 10% of
-    every momentum and trains worse than Muon. Coefficients ``'auto'``:
-    per-iteration coefficients for every shape (shipped or calibrated on
-    first use).
+    on real outliers. The paper's momentum clip is off (``quantile=1.0``): on
+    clean data it removes 10% of every momentum and trains worse than Muon.
+    Coefficients ``'muon'``: Muon's triple for every shape. AdaNewton's
+    per-shape coefficients are ``ns_coeffs='auto'``: they orthogonalise 10x
+    more precisely, but trained worse on the LM example (``docs/robustness.md``).
   * ``'paper'``: exactly the paper's step: no gate or burst guard, the
     momentum clipped at its 90% magnitude quantile, Table 1 coefficients.
 
   Arguments left at None take the variant's value; ``outlier_gate`` and
   ``burst_factor`` of ``math.inf``, or ``quantile=1.0``, turn that stage off.
   The weight decay is decoupled and multiplied by the unscaled learning rate,
-  as in the reference (``w *= 1 - lr * wd``). Leaves labelled ``'adam'`` (by
-  default every leaf that is not 2-D; use `route_by_path` to also send
-  embeddings and the LM head, as the reference does) are trained with AdamW
-  (betas 0.9, 0.95).
+  as in the reference (``w *= 1 - lr * wd``), and by default applies to every
+  parameter, in both branches: biases and norm scales too (on the LM example
+  sparing them trains worse, see ``docs/migration.md``; pass a
+  ``weight_decay_mask`` to spare them). Leaves labelled ``'adam'`` (by default every leaf that is not
+  2-D; use `route_by_path` to also send embeddings and the LM head, as the
+  reference does) are trained with AdamW.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import root_optax
+    >>> params = {'w': jnp.ones((4, 8)), 'b': jnp.zeros(8)}
+    >>> tx = root_optax.root(learning_rate=1e-2)
+    >>> state = tx.init(params)
+    >>> grads = {'w': jnp.full((4, 8), 0.5), 'b': jnp.ones(8)}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> params['w'].shape
+    (4, 8)
 
   Args:
     learning_rate: A float or an optax schedule.
+    ns_coeffs: Newton-Schulz coefficients: a preset name (``'auto'``,
+      ``'ada'``, ``'paper'``, ``'reference'``, ``'muon'``, ``'classic'``, or
+      optax's ``'standard'`` and ``'dion'``), one triple, per-iteration
+      triples, a dict, a JSON/YAML path or a `CoefficientTable`; None: the
+      variant's (``'muon'`` or ``'paper'``). ``'auto'`` is AdaNewton for every
+      shape: shipped or fitted per-shape, per-iteration coefficients. See
+      `ada_newton_orthogonalize`.
+    ns_steps: Newton-Schulz iterations, >= 1.
+    beta: Momentum decay ``beta`` in [0, 1).
+    eps: Added to the Frobenius norm before Newton-Schulz.
+    weight_decay: Decoupled weight decay, >= 0.
+    weight_decay_mask: A bool tree like the params, or a callable returning
+      one; True where weight decay applies (both branches). None: every
+      parameter.
+    mu_dtype: dtype of the momentum buffers (ROOT and AdamW).
+    nesterov: Use the Nesterov look-ahead ``G + beta M``.
+    adaptive: Scale each orthogonalised update ``U`` by ``<B, U>``, the dual
+      norm of the matrix it came from (Bernstein et al., 2024), as optax Muon.
+    preconditioning: How each matrix is rescaled before Newton-Schulz:
+      ``'frobenius'`` (the reference), ``'schatten'`` (Schatten-4 norm,
+      ``'schatten4'`` also accepted), ``'aol'`` (AOL row sums) or
+      ``'spectral'`` (largest singular value, from the Gram matrix's
+      eigenvalues); None: what the coefficient table was fitted for
+      (``'frobenius'`` for ``'muon'`` and ``'paper'``, ``'schatten'`` for
+      ``'auto'``). ``'auto'`` fits its coefficients for ``'frobenius'`` or
+      ``'schatten'``.
+    adam_b1: AdamW's first-moment decay.
+    adam_b2: AdamW's second-moment decay.
+    adam_eps_root: AdamW's epsilon inside the square root.
+    adam_weight_decay: AdamW's weight decay (default: ``weight_decay``).
+    adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
+    muon_weight_dimension_numbers: `optax.contrib.MuonDimensionNumbers` per
+      leaf (None for AdamW leaves), one for all leaves of rank >= 2, or a
+      callable; lets stacked (scanned) layers and conv kernels be ROOT leaves.
+    consistent_rms: Scale each update by ``consistent_rms * sqrt(max(m, n))``
+      so its RMS matches AdamW's (Liu et al., 2025); None: optax Muon's
+      default width scaling ``sqrt(max(1, fan_out / fan_in))``.
     variant: ``'robust'`` or ``'paper'`` (see above).
-    momentum: ``mu`` in [0, 1).
-    nesterov: Use the Nesterov look-ahead ``G + mu M``.
     outlier_gate: ``k`` >= 1: entries of each gradient matrix beyond ``k``
       times its 90% magnitude quantile are clipped to it (`soft_threshold_outliers`
       with ``multiplier=k``); ``math.inf``: off.
@@ -183,34 +274,21 @@ def root(
     threshold_rank_tolerance: For ``'fast'``, the largest share of a matrix's
       entries, in [0, 1), between the threshold and the exact quantile;
       default 0 (exact order statistics), see `soft_threshold_outliers`.
-    coefficients: Newton-Schulz coefficient table; see
-      `ada_newton_orthogonalize`.
     calibration_cache_dir: Where ``'auto'`` caches coefficients it fits;
       see `ada_newton_orthogonalize`'s ``cache_dir``.
-    ns_steps: Newton-Schulz iterations.
-    normalization: None (the table's), ``'frobenius'``, ``'schatten4'``, ``'aol'``.
-    eps: Added to the Frobenius norm before Newton-Schulz.
     compute_dtype: dtype of the Newton-Schulz iteration.
-    mu_dtype: dtype of the momentum buffers (ROOT and AdamW).
-    scaling: ``'rms'`` (reference), ``'spectral'`` or None.
-    rms: Target RMS of ``'rms'`` scaling.
-    weight_decay: Decoupled weight decay, >= 0, for ROOT leaves.
-    weight_decay_mask: A bool tree like the params, or a callable returning
-      one; True where weight decay applies (both branches).
+    adam_eps: AdamW's epsilon.
+    adam_nesterov: NAdamW instead of AdamW for the ``'adam'`` leaves (optax
+      Muon's ``nesterov=True`` does both; ROOT's reference uses AdamW).
     param_labels: A tree of ``'root'`` / ``'adam'`` like the params, or a
       callable returning one.
-    weight_dimension_numbers: `optax.contrib.MuonDimensionNumbers` per leaf
-      (None for AdamW leaves), one for all leaves of rank >= 2, or a callable;
-      lets stacked (scanned) layers and conv kernels be ROOT leaves.
-    adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
-    adam_b1: AdamW's first-moment decay.
-    adam_b2: AdamW's second-moment decay.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay (default: ``weight_decay``).
     sharding: Multi-device Newton-Schulz: None (XLA's default partitioning),
       ``'auto'`` or a `jax.sharding.Mesh` (each shape group split along its
       stack axis over the mesh, whole matrices per device); see
-      `ada_newton_orthogonalize` and ``docs/sharding.md``.
+      `ada_newton_orthogonalize`.
+    **renamed: Not accepted: a TypeError names the current argument for an
+      earlier name (``momentum``, ``coefficients``, ``normalization``,
+      ``weight_dimension_numbers``, ``scaling``, ``rms``).
 
   Returns:
     An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
@@ -228,18 +306,23 @@ def root(
 
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025.
+
+    Bernstein et al., `Old Optimizer, New Norm: An Anthology
+    <https://arxiv.org/abs/2409.20325>`_, 2024.
   """
+  _reject_renamed(renamed)
   _validation.one_of("variant", variant, VARIANTS)
   defaults = VARIANT_DEFAULTS[variant]
   outlier_gate = defaults["outlier_gate"] if outlier_gate is None else outlier_gate
   burst_factor = defaults["burst_factor"] if burst_factor is None else burst_factor
   quantile = defaults["quantile"] if quantile is None else quantile
-  coefficients = defaults["coefficients"] if coefficients is None else coefficients
+  ns_coeffs = defaults["ns_coeffs"] if ns_coeffs is None else ns_coeffs
+  normalization = _normalization(preconditioning)
   _validation.at_least("learning_rate", learning_rate, 0.0)
   if adam_learning_rate is not None:
     _validation.at_least("adam_learning_rate", adam_learning_rate, 0.0)
   # Checked here too so that errors name root()'s arguments, not the inner ones.
-  _validation.in_range("momentum", momentum, 0.0, 1.0, high_open=True)
+  _validation.in_range("beta", beta, 0.0, 1.0, high_open=True)
   if not _is_off(outlier_gate, math.inf):
     _validation.at_least("outlier_gate", outlier_gate, 1.0)
   if not _is_off(burst_factor, math.inf):
@@ -248,7 +331,8 @@ def root(
   _validation.in_range("quantile", quantile, 0.0, 1.0, low_open=True)
   _validation.one_of("threshold_method", threshold_method, outliers.METHODS)
   _validation.in_range("threshold_rank_tolerance", threshold_rank_tolerance, 0.0, 1.0, high_open=True)
-  _validation.one_of("scaling", scaling, scaling_lib.MODES)
+  if consistent_rms is not None:
+    _validation.in_range("consistent_rms", consistent_rms, 0.0, math.inf, low_open=True)
   _validation.float_dtype("compute_dtype", compute_dtype)
   _validation.float_dtype("mu_dtype", mu_dtype)
   _validation.bool_tree("weight_decay_mask", weight_decay_mask)
@@ -257,11 +341,14 @@ def root(
   _validation.at_least("weight_decay", weight_decay, 0.0)
   if adam_weight_decay is not None:
     _validation.at_least("adam_weight_decay", adam_weight_decay, 0.0)
-  for name, beta in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
-    _validation.in_range(name, beta, 0.0, 1.0, high_open=True)
-  _validation.in_range("adam_eps", adam_eps, 0.0, float("inf"), low_open=True)
-  dimensions.validate_spec(weight_dimension_numbers)
-  dims_fn = _root_branch_dimension_numbers(weight_dimension_numbers)
+  for name, b in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
+    _validation.in_range(name, b, 0.0, 1.0, high_open=True)
+  _validation.in_range("adam_eps", adam_eps, 0.0, math.inf, low_open=True)
+  _validation.boolean("adam_nesterov", adam_nesterov)
+  _validation.boolean("adaptive", adaptive)
+  _validation.at_least("adam_eps_root", adam_eps_root, 0.0)
+  dimensions.validate_spec(muon_weight_dimension_numbers, "muon_weight_dimension_numbers")
+  dims_fn = _root_branch_dimension_numbers(muon_weight_dimension_numbers)
   mask = _branch_mask(weight_decay_mask)
 
   def clip(p, multiplier, fixed, name):
@@ -275,24 +362,34 @@ def root(
     stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers"))
   if not _is_off(burst_factor, math.inf):
     stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims_fn))
-  stages.append(momentum_lib.trace(momentum, nesterov, mu_dtype))
+  stages.append(momentum_lib.trace(beta, nesterov, mu_dtype))
   if not _is_off(quantile, 1.0) or threshold is not None:
     stages.append(clip(quantile, 1.0, threshold, "momentum_outliers"))
+  if consistent_rms is None:
+    scaling, rms = scaling_lib.SPECTRAL, 0.2
+  else:
+    scaling, rms = scaling_lib.RMS, consistent_rms
   root_chain = optax.chain(
       *stages,
       orthogonalize.ada_newton_orthogonalize(
-          coefficients, ns_steps, normalization, eps, compute_dtype,
+          ns_coeffs, ns_steps, normalization, eps, compute_dtype,
           weight_dimension_numbers=dims_fn, sharding=sharding,
-          cache_dir=calibration_cache_dir),
+          cache_dir=calibration_cache_dir, adaptive=adaptive),
       scaling_lib.scale_by_shape(scaling, rms, weight_dimension_numbers=dims_fn),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),
   )
   adam = optax.adamw(
       learning_rate=learning_rate if adam_learning_rate is None else adam_learning_rate,
-      b1=adam_b1, b2=adam_b2, eps=adam_eps,
+      b1=adam_b1, b2=adam_b2, eps=adam_eps, eps_root=adam_eps_root,
       weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
-      mask=mask, mu_dtype=mu_dtype)
-  return optax.partition(
+      mask=mask, mu_dtype=mu_dtype, nesterov=adam_nesterov)
+  partition = optax.partition(
       {labels_lib.ROOT: root_chain, labels_lib.ADAM: adam},
-      _labels_fn(param_labels, weight_dimension_numbers))
+      _labels_fn(param_labels, muon_weight_dimension_numbers))
+  logged = [False]
+
+  def init_fn(params):
+    routing.log_once(params, param_labels, muon_weight_dimension_numbers, logged)
+    return partition.init(params)
+  return optax.GradientTransformation(init_fn, partition.update)

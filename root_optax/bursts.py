@@ -9,8 +9,6 @@ burst to the EMA's norm. A gradient within the band passes unchanged, bit for
 bit, so clean training pays nothing.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

@@ -17,8 +17,6 @@ not, can blow up. Results are cached in memory (`clear_cache`) and optionally
 on disk (``cache_dir``).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 import hashlib

@@ -8,8 +8,6 @@ process) and stored as a small JSON file in the cache directory, so a rerun
 costs a file read.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Optional, Union
 
@@ -53,13 +51,15 @@ def resolve_cache_dir(cache_dir: CacheDir = None) -> Optional[str]:
   return path
 
 
-def coefficients_for_shape(shape, ns_steps: int,
-                           cache_dir: CacheDir = None) -> calibration.CalibrationResult:
-  """Per-iteration Schatten-4 coefficients for ``shape`` and ``ns_steps``, from the cache or a fit.
+def coefficients_for_shape(shape, ns_steps: int, cache_dir: CacheDir = None,
+                           normalization: str = "schatten4") -> calibration.CalibrationResult:
+  """Per-iteration coefficients for ``shape``, ``ns_steps`` and ``normalization``
+  (``'schatten4'`` or ``'frobenius'``), from the cache or a fit.
 
   Deterministic: the same shape and settings give the same digits in every
   process, so the processes of a multi-host job agree without talking.
   Every result passes `calibration.check_safety` on [0, 1].
   """
+  settings = dict(AUTO_SETTINGS, normalization=normalization)
   return calibration.calibrate_shape(
-      shape, ns_steps=ns_steps, cache_dir=resolve_cache_dir(cache_dir), **AUTO_SETTINGS)
+      shape, ns_steps=ns_steps, cache_dir=resolve_cache_dir(cache_dir), **settings)

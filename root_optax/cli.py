@@ -4,8 +4,6 @@ Writes a coefficient table that `root_optax.load_coefficients` (and hence
 ``root(coefficients=path)``) reads, with per-shape diagnostics under ``meta``.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -8,8 +8,6 @@ one per iteration (as in Polar Express). The published tables ship as data in
 ``root_optax/data/coefficients.json``.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import math
@@ -29,7 +27,7 @@ _DATA_PACKAGE = "root_optax.data"
 _PRESET_FILE = "coefficients.json"
 _YAML_SUFFIXES = (".yaml", ".yml")
 MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-NORMALIZATIONS = ("frobenius", "schatten4", "aol")
+NORMALIZATIONS = ("frobenius", "schatten4", "aol", "spectral")
 # What `CoefficientTable.lookup` returns for a shape the table does not hold.
 DEFAULT = "default"
 NEAREST = "nearest"

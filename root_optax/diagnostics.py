@@ -1,7 +1,5 @@
 """Per-step, per-shape-group figures read from an optimizer state."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax

@@ -8,8 +8,6 @@ reduction axes are flattened into rows, the output axes into columns, and all
 other axes are batch axes.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, Optional, Union
@@ -108,15 +106,16 @@ def resolve(weight_dimension_numbers: WeightDimNumOrFn, updates: Any) -> Any:
   return per_leaf
 
 
-def validate_spec(weight_dimension_numbers: WeightDimNumOrFn) -> None:
-  """Build-time type check of a ``weight_dimension_numbers`` argument."""
+def validate_spec(weight_dimension_numbers: WeightDimNumOrFn,
+                  name: str = "weight_dimension_numbers") -> None:
+  """Build-time type check of a ``weight_dimension_numbers`` argument called ``name``."""
   spec = weight_dimension_numbers
   if spec is None or callable(spec) or is_dimension_numbers(spec):
     return
   for leaf in jax.tree.leaves(spec, is_leaf=_is_dims_leaf):
     if not _is_dims_leaf(leaf):
       raise TypeError(
-          "weight_dimension_numbers must be None, a MuonDimensionNumbers, a "
+          f"{name} must be None, a MuonDimensionNumbers, a "
           "tree of them (None for non-matrix leaves) or a callable; found a "
           f"leaf of type {type(leaf).__name__}")
 

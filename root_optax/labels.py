@@ -6,8 +6,6 @@ AdamW with `optax.partition`. Inside the ROOT chain, matrices of one
 traced program holds one Newton-Schulz loop per distinct shape.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -36,7 +34,7 @@ def labels_from_dimension_numbers(dims: Any, params: Any) -> Any:
   return jax.tree.unflatten(treedef, [ADAM if d is None else ROOT for d in per_leaf])
 
 
-def _path_text(path) -> str:
+def path_text(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -59,7 +57,7 @@ def route_by_path(adam: Sequence[str] = ("embed", "lm_head", "head")) -> Callabl
   adam = tuple(adam)
 
   def label(path, p):
-    if p.ndim != 2 or any(s in _path_text(path) for s in adam):
+    if p.ndim != 2 or any(s in path_text(path) for s in adam):
       return ADAM
     return ROOT
 

@@ -5,8 +5,6 @@ Nesterov, feeds ``g + mu * buf`` onward. `optax.trace` implements exactly
 these semantics, so `trace` only adds ROOT's defaults and build-time checks.
 """
 
-from __future__ import annotations
-
 import optax
 
 from root_optax import _validation

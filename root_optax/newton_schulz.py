@@ -7,8 +7,6 @@ steps approximate the polar factor ``U V^T`` (paper Eq. 3). ROOT picks
 ``(a, b, c)`` per shape and optionally per step (AdaNewton, paper Sec. 4.2).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import jax
@@ -71,8 +69,20 @@ def _aol_rescale(x, gram, eps):
   return x * d, gram * d * jnp.swapaxes(d, -1, -2)
 
 
+def _spectral_rescale(x, gram, eps):
+  """Divides ``x`` by its largest singular value ``sqrt(lambda_max(x x^T))``.
+
+  optax Muon's ``'spectral'`` preconditioning; the eigenvalues of the small
+  Gram matrix cost far less than an SVD of ``x``.
+  """
+  top = jnp.linalg.eigvalsh(gram.astype(_ACCUMULATION_DTYPE))[..., -1:, None]
+  inv = (1.0 / (jnp.sqrt(jnp.maximum(top, 0.0)) + eps)).astype(x.dtype)
+  return x * inv, gram * (inv * inv)
+
+
 _FIRST_STEP_RESCALE = {
     "frobenius": None,
+    "spectral": _spectral_rescale,
     "schatten4": _schatten4_rescale,
     "aol": _aol_rescale,
 }
@@ -154,15 +164,16 @@ def newton_schulz(
   r"""Approximately orthogonalises each matrix of ``x`` with Newton-Schulz.
 
   ``x`` is first divided by ``||x||_F + eps`` (the reference step); with
-  ``normalization='schatten4'`` or ``'aol'`` the first iteration further
-  rescales by the Schatten-4 norm or by AOL row sums, reusing its Gram matrix.
+  ``normalization='schatten4'``, ``'aol'`` or ``'spectral'`` the first
+  iteration further rescales by the Schatten-4 norm, by AOL row sums or by the
+  largest singular value, reusing its Gram matrix.
   Matrices with more rows than columns are transposed so that the Gram matrix
   is the smaller one.
 
   Args:
     x: ``(..., m, n)`` array; leading axes are a batch.
     coeffs: ``(T, 3)`` or ``(3,)`` coefficients ``(a, b, c)``; one step per row.
-    normalization: ``'frobenius'``, ``'schatten4'`` or ``'aol'``.
+    normalization: ``'frobenius'``, ``'schatten4'``, ``'aol'`` or ``'spectral'``.
     eps: Added to norms in denominators.
     compute_dtype: dtype of the iteration (default: ``x.dtype``); the
       normalisation is always accumulated in at least float32.

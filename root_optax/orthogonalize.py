@@ -1,7 +1,5 @@
 """AdaNewton: shape-specialised, batched Newton-Schulz over a parameter tree."""
 
-from __future__ import annotations
-
 import logging
 import os
 import sys
@@ -13,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from root_optax import _validation
+from root_optax import calibration
 from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
@@ -57,6 +56,13 @@ def _report(table: coefficients_lib.CoefficientTable, missing: list, fitted: lis
         UserWarning, stacklevel=_user_stacklevel())
 
 
+def _scale_by_dual_norm(x: jax.Array, u: jax.Array) -> jax.Array:
+  """``<x, u> u`` per matrix, the inner product accumulated in float32."""
+  dtype = jnp.promote_types(u.dtype, jnp.float32)
+  inner = jnp.sum(x.astype(dtype) * u.astype(dtype), axis=(-2, -1), keepdims=True)
+  return (inner * u.astype(dtype)).astype(u.dtype)
+
+
 def ada_newton_orthogonalize(
     coefficients: coefficients_lib.CoefficientSpec = "auto",
     ns_steps: int = 5,
@@ -69,6 +75,7 @@ def ada_newton_orthogonalize(
     max_gain: float = coefficients_lib.DEFAULT_MAX_GAIN,
     sharding: sharding_lib.ShardingSpec = None,
     cache_dir: calibration_cache.CacheDir = None,
+    adaptive: bool = False,
 ) -> optax.GradientTransformation:
   r"""Orthogonalises each matrix with Newton-Schulz, coefficients chosen by shape.
 
@@ -95,8 +102,10 @@ def ada_newton_orthogonalize(
       of per-iteration triples, or a `CoefficientTable`.
     ns_steps: Newton-Schulz iterations, >= 1. A per-iteration entry with fewer
       triples repeats its last one; one with more is an error.
-    normalization: ``'frobenius'`` (reference), ``'schatten4'`` or ``'aol'``;
-      None uses the one the table was calibrated for.
+    normalization: ``'frobenius'`` (reference), ``'schatten4'``, ``'aol'``
+      or ``'spectral'``; None uses the one the table was calibrated for.
+      ``'auto'`` fits every shape for ``'frobenius'`` when asked (its
+      shipped entries are Schatten-4 fits).
     eps: Added to the norm in ``X / (||X||_F + eps)``, >= 0.
     compute_dtype: dtype of the iteration (default: the update's dtype).
     weight_dimension_numbers: Which leaves are matrices and how to view
@@ -113,6 +122,9 @@ def ada_newton_orthogonalize(
       `set_calibration_cache_dir`, by default ``~/.cache/root_optax``), a
       path, or False (memory only). An unwritable directory is reported once
       in the log and the fits kept in memory.
+    adaptive: Scale each orthogonalised matrix ``U`` by ``<X, U>``, with
+      ``X`` the matrix it came from (its dual norm; Bernstein et al., 2024),
+      as optax Muon's ``adaptive``.
 
   Returns:
     An `optax.GradientTransformation` with `optax.EmptyState`.
@@ -131,10 +143,13 @@ def ada_newton_orthogonalize(
   dimensions.validate_spec(weight_dimension_numbers)
   sharding_lib.validate_sharding(sharding)
   calibrates = table.fallback == coefficients_lib.CALIBRATE
-  if calibrates and table.normalization != normalization:
+  # 'auto' with another normalization than its shipped entries': fit every shape.
+  refit_all = calibrates and table.normalization != normalization
+  if refit_all and normalization not in calibration.CALIBRATION_NORMALIZATIONS:
     raise ValueError(
-        f"coefficients {table.name!r} are calibrated for normalization "
-        f"{table.normalization!r}, got normalization={normalization!r}; pass None")
+        f"coefficients {table.name!r} can be fitted for normalization "
+        f"{calibration.CALIBRATION_NORMALIZATIONS}, got normalization={normalization!r}; "
+        "pass a fixed table (e.g. 'muon') or one of those")
   for key, value in table.entries().items():
     if not (calibrates and not _fits(value, ns_steps)):
       coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
@@ -149,8 +164,9 @@ def ada_newton_orthogonalize(
       if key in resolved:
         continue
       coeffs, found = table.lookup(key)
-      if calibrates and not (found and _fits(coeffs, ns_steps)):
-        coeffs = calibration_cache.coefficients_for_shape(key, ns_steps, cache_dir).coefficients
+      if calibrates and (refit_all or not (found and _fits(coeffs, ns_steps))):
+        coeffs = calibration_cache.coefficients_for_shape(
+            key, ns_steps, cache_dir, normalization).coefficients
         fitted.append(key)
       elif not found and table.shapes:
         missing.append(key)
@@ -162,9 +178,10 @@ def ada_newton_orthogonalize(
   def coefficients_for(key):
     return resolved[key[:2]]
   def orthogonalize(stack, key):
-    return ns_lib.newton_schulz(
+    out = ns_lib.newton_schulz(
         stack, coefficients_for(key), normalization=normalization, eps=eps,
         compute_dtype=compute_dtype, precision=precision)
+    return _scale_by_dual_norm(stack, out) if adaptive else out
 
   def orthogonalize_all(mats, place):
     stacks, plan = labels_lib.stack_groups(mats)

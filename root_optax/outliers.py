@@ -7,8 +7,6 @@ at ``eps``, and the outlier part is discarded. ``eps`` is the ``p``-quantile of
 ``|M|`` over each whole matrix (reference script: ``p = 0.90``, plus 1e-9).
 """
 
-from __future__ import annotations
-
 import math
 from typing import Any, NamedTuple, Optional
 

@@ -6,8 +6,6 @@ reference multiplies it by ``0.2 sqrt(max(m, n))`` so its RMS matches AdamW's
 ``sqrt(max(1, fan_out / fan_in))``.
 """
 
-from __future__ import annotations
-
 import math
 from typing import Optional
 

@@ -12,8 +12,6 @@ at most two all-to-alls each way per shape group and step, independent of the
 number of Newton-Schulz iterations (see ``docs/sharding.md``).
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -174,6 +172,12 @@ def shard_batch(fn: Callable[[jax.Array], jax.Array], stack: jax.Array,
     return fn(stack)
   mesh = _mesh_in_context(mesh)
   batch = stack.shape[0]
+  if spec is None and batch < mesh.size:
+    # The layout is XLA's to choose (Auto axes) and some devices would hold
+    # only padding: moving the stack to one matrix per device would make XLA
+    # replicate it (an involuntary full rematerialization). Let XLA partition
+    # these few matrices' matmuls instead.
+    return fn(stack)
   padded = padded_size(batch, mesh.size)
   if padded != batch:
     stack = jnp.pad(stack, [(0, padded - batch)] + [(0, 0)] * (stack.ndim - 1))

@@ -104,7 +104,7 @@ def layout_specs(layout, axes):
 
 def make_tx(sharding):
   return root_optax.root(
-      1.0, weight_dimension_numbers=dimension_numbers(), sharding=sharding)
+      1.0, muon_weight_dimension_numbers=dimension_numbers(), sharding=sharding)
 
 
 class CompileCounter:
@@ -283,7 +283,7 @@ def case_exact_threshold():
   dims = {"w": MATRIX, "s": STACKED}
   sharded = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
   make = lambda sharding: root_optax.root(
-      1.0, threshold_method="exact", weight_dimension_numbers=dims, sharding=sharding)
+      1.0, threshold_method="exact", muon_weight_dimension_numbers=dims, sharding=sharding)
   one_step = lambda tx: jax.jit(lambda g: tx.update(g, tx.init(g), g)[0])
   want = one_step(make(None))(tree)
   diffs = {}

@@ -29,7 +29,7 @@ def _coeffs_for(shape):
 def test_root_matches_numpy_reference_over_steps(maybe_jit, nesterov):
   lr, wd, steps = 0.02, 0.1, 4
   params = _params(0)
-  tx = root_optax.root(lr, variant="paper", coefficients=TABLE, nesterov=nesterov,
+  tx = root_optax.root(lr, variant="paper", ns_coeffs=TABLE, nesterov=nesterov,
                        threshold_method="exact")
   state = tx.init(jax.tree.map(jnp.asarray, params))
   update = maybe_jit(tx.update)
@@ -57,7 +57,7 @@ def test_root_matches_numpy_reference_over_steps(maybe_jit, nesterov):
 def test_robust_variant_matches_numpy_reference_over_steps(maybe_jit, burst_at):
   lr, wd, steps = 0.02, 0.1, 5
   params = _params(0)
-  tx = root_optax.root(lr, coefficients=TABLE, threshold_method="exact")
+  tx = root_optax.root(lr, ns_coeffs=TABLE, threshold_method="exact")
   jparams = jax.tree.map(jnp.asarray, params)
   state, update = tx.init(jparams), maybe_jit(tx.update)
   ref = {k: v.astype(np.float64) for k, v in params.items()}
@@ -97,9 +97,9 @@ def test_new_shapes_train_with_adaptive_coefficients_and_no_warning(tmp_path):
   grads = jax.tree.map(lambda p: p[::-1] * 0.1, params)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    tx = root_optax.root(1e-2, calibration_cache_dir=str(tmp_path))
+    tx = root_optax.root(1e-2, ns_coeffs="auto", calibration_cache_dir=str(tmp_path))
     ours, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  muon = root_optax.root(1e-2, coefficients="muon")
+  muon = root_optax.root(1e-2, ns_coeffs="muon")
   theirs, _ = muon.update(grads, muon.init(params), params)
   for k in params:
     assert float(jnp.max(jnp.abs(ours[k] - theirs[k]))) > 1e-4, k
@@ -124,7 +124,7 @@ def test_fast_threshold_gives_the_same_step_as_exact():
   grads = jax.tree.map(jnp.asarray, _params(2))
   outs = []
   for method in ("exact", "fast"):
-    tx = root_optax.root(0.01, variant="paper", coefficients=TABLE, threshold_method=method)
+    tx = root_optax.root(0.01, variant="paper", ns_coeffs=TABLE, threshold_method=method)
     outs.append(tx.update(grads, tx.init(params), params)[0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *outs)
 
@@ -132,7 +132,7 @@ def test_fast_threshold_gives_the_same_step_as_exact():
 def test_zero_gradient_gives_zero_update_and_no_nan():
   params = jax.tree.map(jnp.asarray, _params(3))
   zeros = jax.tree.map(jnp.zeros_like, params)
-  tx = root_optax.root(0.1, coefficients=TABLE, weight_decay=0.0)
+  tx = root_optax.root(0.1, ns_coeffs=TABLE, weight_decay=0.0)
   updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   for u in jax.tree.leaves(updates):
     np.testing.assert_array_equal(u, 0.0)
@@ -141,7 +141,7 @@ def test_zero_gradient_gives_zero_update_and_no_nan():
 def test_bf16_params_stay_bf16_and_finite():
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _params(4))
   grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _params(5))
-  tx = root_optax.root(0.01, coefficients=TABLE)
+  tx = root_optax.root(0.01, ns_coeffs=TABLE)
   state = tx.init(params)
   for _ in range(2):
     updates, state = jax.jit(tx.update)(grads, state, params)
@@ -152,7 +152,7 @@ def test_bf16_params_stay_bf16_and_finite():
 
 def test_mu_dtype_sets_the_momentum_buffer_dtype():
   params = jax.tree.map(jnp.asarray, _params(6))
-  state = root_optax.root(0.01, mu_dtype=jnp.bfloat16, coefficients=TABLE).init(params)
+  state = root_optax.root(0.01, mu_dtype=jnp.bfloat16, ns_coeffs=TABLE).init(params)
   buffers = [x for x in jax.tree.leaves(state) if x.ndim == 2]
   assert buffers and all(b.dtype == jnp.bfloat16 for b in buffers)
 
@@ -161,7 +161,7 @@ def test_param_labels_send_leaves_to_adamw():
   params = jax.tree.map(jnp.asarray, _params(7))
   grads = jax.tree.map(jnp.asarray, _params(8))
   labels = {k: ("adam" if k == "w_sq" else ("root" if v.ndim == 2 else "adam")) for k, v in params.items()}
-  tx = root_optax.root(0.01, coefficients=TABLE, param_labels=labels)
+  tx = root_optax.root(0.01, ns_coeffs=TABLE, param_labels=labels)
   updates, _ = tx.update(grads, tx.init(params), params)
   adamw = optax.adamw(0.01, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
   expected, _ = adamw.update({"w_sq": grads["w_sq"]}, adamw.init({"w_sq": params["w_sq"]}), {"w_sq": params["w_sq"]})
@@ -180,7 +180,7 @@ def test_weight_decay_mask(as_callable):
   params = jax.tree.map(jnp.asarray, _params(9))
   zeros = jax.tree.map(jnp.zeros_like, params)
   mask = {k: k != "w_wide" and k != "bias" for k in params}
-  tx = root_optax.root(0.5, coefficients=TABLE, weight_decay=0.1,
+  tx = root_optax.root(0.5, ns_coeffs=TABLE, weight_decay=0.1,
                        weight_decay_mask=(lambda p: jax.tree.map(lambda _: True, p)) if as_callable else mask)
   updates, _ = tx.update(zeros, tx.init(params), params)
   for k, p in params.items():
@@ -193,7 +193,7 @@ def test_stacked_leaf_via_dimension_numbers():
   params = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.zeros(10)}
   grads = {"stack": jnp.asarray(rng.normal(size=(3, 6, 10)), jnp.float32), "b": jnp.ones(10)}
   dims = {"stack": root_optax.DimensionNumbers(1, 2), "b": None}
-  tx = root_optax.root(0.01, variant="paper", coefficients=TABLE, weight_dimension_numbers=dims,
+  tx = root_optax.root(0.01, variant="paper", ns_coeffs=TABLE, muon_weight_dimension_numbers=dims,
                        weight_decay=0.0, threshold_method="exact")
   updates, _ = tx.update(grads, tx.init(params), params)
   for k in range(3):
@@ -212,7 +212,7 @@ def test_non_matrix_root_leaf_without_dimension_numbers_is_an_error():
 def test_learning_rate_schedule():
   params = {"w": jnp.ones((4, 4))}
   schedule = optax.linear_schedule(1.0, 0.0, 4)
-  tx = root_optax.root(schedule, coefficients=TABLE, weight_decay=0.0)
+  tx = root_optax.root(schedule, ns_coeffs=TABLE, weight_decay=0.0)
   state = tx.init(params)
   grads = {"w": jnp.asarray(np.random.default_rng(11).normal(size=(4, 4)), jnp.float32)}
   norms = []

@@ -71,7 +71,7 @@ def test_schedule_is_applied_per_step_inside_one_compilation():
   # and U has all singular values g5(1) for a rank-1 gradient: the update norm
   # tracks the schedule exactly, step by step.
   schedule = optax.linear_schedule(0.1, 0.0, STEPS)
-  tx = root_optax.root(schedule, momentum=0.0, weight_decay=0.0, coefficients=(3.4445, -4.7750, 2.0315))
+  tx = root_optax.root(schedule, beta=0.0, weight_decay=0.0, ns_coeffs=(3.4445, -4.7750, 2.0315))
   params = {"w": jnp.zeros((16, 16))}
   grad = {"w": jnp.outer(jnp.arange(1.0, 17.0), jnp.ones(16))}
   update = jax.jit(tx.update)

@@ -181,7 +181,7 @@ def test_muon_and_root_route_embeddings_and_heads_to_adamw():
   base = ml_collections.ConfigDict(dict(warmup=1, weight_decay=0.1, b1=0.9, b2=0.95))
   second = {
       opt: _two_steps(common.make_optimizer(
-          ml_collections.ConfigDict(dict(optimizer=opt, lr=1e-2, root=dict(coefficients="muon"))),
+          ml_collections.ConfigDict(dict(optimizer=opt, lr=1e-2, root=dict(ns_coeffs="muon"))),
           base, 10), params, grads)
       for opt in common.OPTIMIZERS}
   # optax's muon runs its Adam branch with its own `nesterov` flag (NAdamW).
@@ -391,7 +391,7 @@ def test_root_variant_helpers_build_the_intended_optimizers():
                  _runs.root_muon_coefficients()):
     assert set(kwargs) <= accepted, kwargs
   if "variant" not in accepted:  # today's spelling of the paper's ROOT
-    assert _runs.root_paper() == dict(quantile=0.90, coefficients="paper")
+    assert _runs.root_paper() == dict(quantile=0.90, ns_coeffs="paper")
   if "outliers" not in accepted and "outlier_gate" not in accepted:
     assert _runs.root_without_outlier_handling() == dict(quantile=1.0)
   # The ablations differ from each other and from the default ROOT.

@@ -25,7 +25,7 @@ LR = 0.02
 
 
 def _tx():
-  return root_optax.root(LR, variant="paper", coefficients=MUON, threshold_method="exact")
+  return root_optax.root(LR, variant="paper", ns_coeffs=MUON, threshold_method="exact")
 
 
 class _Net(nnx.Module):

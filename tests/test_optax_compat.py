@@ -27,7 +27,7 @@ def _tree(seed, scale=1.0, dtype=jnp.float32):
 
 
 def _root(learning_rate=LR, **kw):
-  return root_optax.root(learning_rate, variant="paper", coefficients=MUON, threshold_method="exact",
+  return root_optax.root(learning_rate, variant="paper", ns_coeffs=MUON, threshold_method="exact",
                          **kw)
 
 
@@ -102,14 +102,14 @@ def test_updates_keep_the_params_dtype(dtype):
 
 # -- inject_hyperparams ----------------------------------------------------- #
 
-_HPARAMS = dict(learning_rate=LR, momentum=0.9, quantile=0.8, weight_decay=0.05, rms=0.3, adam_b2=0.99)
+_HPARAMS = dict(learning_rate=LR, beta=0.9, quantile=0.8, weight_decay=0.05, consistent_rms=0.3, adam_b2=0.99)
 
 
 def test_inject_hyperparams_gives_the_same_steps():
   params = _tree(5)
   plain = _root(**_HPARAMS)
   injected = optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(
-      variant="paper", coefficients=MUON, threshold_method="exact", **_HPARAMS)
+      variant="paper", ns_coeffs=MUON, threshold_method="exact", **_HPARAMS)
   states = [plain.init(params), injected.init(params)]
   for t in range(3):
     grads = _tree(10 + t)
@@ -123,7 +123,7 @@ def test_inject_hyperparams_schedule_and_manual_change_between_steps():
   params = _tree(6)
   schedule = optax.linear_schedule(LR, 0.0, 4)
   injected = optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(
-      learning_rate=schedule, variant="paper", coefficients=MUON, threshold_method="exact")
+      learning_rate=schedule, variant="paper", ns_coeffs=MUON, threshold_method="exact")
   plain = _root(schedule)  # root() takes the schedule directly: same steps expected
   update, plain_update = jax.jit(injected.update), jax.jit(plain.update)
   state, plain_state = injected.init(params), plain.init(params)
@@ -136,7 +136,7 @@ def test_inject_hyperparams_schedule_and_manual_change_between_steps():
   # Scheduled hyper-parameters are recomputed each step; set a constant one by
   # hand instead: momentum 0 makes the ROOT step depend on this gradient only.
   constant = optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(
-      learning_rate=LR, variant="paper", momentum=0.95, weight_decay=0.0, coefficients=MUON,
+      learning_rate=LR, variant="paper", beta=0.95, weight_decay=0.0, ns_coeffs=MUON,
       threshold_method="exact")
   update = jax.jit(constant.update)
   _, state = update(_tree(30), constant.init(params), params)
@@ -218,7 +218,7 @@ def test_masked_weight_decay_in_a_nested_tree():
             "norm": {"scale": jnp.ones(6)}}
   decay_kernels = lambda p: jax.tree.map(lambda x: x.ndim == 2, p)
   tx = root_optax.root(0.5, weight_decay=0.1, weight_decay_mask=decay_kernels,
-                       param_labels=root_optax.route_by_path(("embed",)), coefficients=MUON)
+                       param_labels=root_optax.route_by_path(("embed",)), ns_coeffs=MUON)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   # Zero gradients: the update is the decay alone, -lr * wd * p where masked.

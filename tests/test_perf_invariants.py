@@ -38,7 +38,7 @@ def _root(**kwargs):
   # 'muon': one triple for every shape (the table has no shape entries).
   warnings.filterwarnings("ignore", message="root_optax: no 'muon' coefficients")
   return root_optax.root(1e-3, param_labels=root_optax.route_by_path(("wte",)),
-                         coefficients="muon", **kwargs)
+                         ns_coeffs="muon", **kwargs)
 
 
 def _update_jaxpr(tx, params):

@@ -37,8 +37,12 @@ _BAD_ARGUMENTS = {
     "lr_negative": (lambda: root_optax.root(-1.0), ValueError, r"learning_rate must be >= 0.*-1\.0"),
     "lr_nan": (lambda: root_optax.root(float("nan")), ValueError, r"learning_rate must be finite.*nan"),
     "adam_lr": (_root(adam_learning_rate=-0.1), ValueError, r"adam_learning_rate must be >= 0.*-0\.1"),
-    "momentum_1": (_root(momentum=1.0), ValueError, r"momentum must be in \[0\.0, 1\.0\).*1\.0"),
-    "momentum_neg": (_root(momentum=-0.5), ValueError, r"momentum must be in \[0\.0, 1\.0\).*-0\.5"),
+    "beta_1": (_root(beta=1.0), ValueError, r"beta must be in \[0\.0, 1\.0\).*1\.0"),
+    "beta_neg": (_root(beta=-0.5), ValueError, r"beta must be in \[0\.0, 1\.0\).*-0\.5"),
+    "renamed_momentum": (_root(momentum=0.9), TypeError, r"no argument 'momentum': it is now 'beta'"),
+    "renamed_coefficients": (_root(coefficients="muon"), TypeError, r"'coefficients': it is now 'ns_coeffs'"),
+    "renamed_scaling": (_root(scaling=None), TypeError, r"'scaling': it is now 'consistent_rms'"),
+    "unknown_keyword": (_root(lerning_rate=0.1), TypeError, r"unexpected keyword argument 'lerning_rate'"),
     "nesterov": (_root(nesterov=1), TypeError, r"nesterov must be a bool.*1"),
     "quantile_0": (_root(quantile=0.0), ValueError, r"quantile must be in \(0\.0, 1\.0\].*0\.0"),
     "quantile_big": (_root(quantile=1.5), ValueError, r"quantile must be in \(0\.0, 1\.0\].*1\.5"),
@@ -52,35 +56,35 @@ _BAD_ARGUMENTS = {
     "ns_steps_0": (_root(ns_steps=0), ValueError, r"ns_steps must be an int >= 1.*0"),
     "ns_steps_float": (_root(ns_steps=2.0), TypeError, r"ns_steps must be an int >= 1.*2\.0"),
     "ns_steps_array": (_root(ns_steps=jnp.asarray(5)), TypeError, r"ns_steps must be a static.*static_args"),
-    "normalization": (_root(normalization="spectral"), ValueError,
-                      r"normalization must be one of \('frobenius', 'schatten4', 'aol'\).*'spectral'"),
+    "preconditioning": (_root(preconditioning="l2"), ValueError,
+                        r"preconditioning must be one of \('frobenius', 'schatten', 'schatten4', 'aol', 'spectral'\).*'l2'"),
+    "auto_aol": (_root(preconditioning="aol"), ValueError, r"'auto' can be fitted for normalization.*'aol'"),
     "eps": (_root(eps=-1e-7), ValueError, r"eps must be >= 0.*-1e-07"),
     "compute_dtype_int": (_root(compute_dtype=jnp.int32), TypeError, r"compute_dtype .*floating.*int32"),
     "compute_dtype_str": (_root(compute_dtype="float33"), TypeError, r"compute_dtype .*floating.*'float33'"),
     "mu_dtype": (_root(mu_dtype="float33"), TypeError, r"mu_dtype .*floating.*'float33'"),
-    "scaling": (_root(scaling="l2"), ValueError, r"scaling must be one of \('rms', 'spectral', None\).*'l2'"),
-    "rms": (_root(rms=0.0), ValueError, r"rms must be in \(0\.0, inf\].*0\.0"),
+    "consistent_rms": (_root(consistent_rms=0.0), ValueError, r"consistent_rms must be in \(0\.0, inf\].*0\.0"),
     "weight_decay": (_root(weight_decay=-0.1), ValueError, r"weight_decay must be >= 0.*-0\.1"),
     "adam_weight_decay": (_root(adam_weight_decay=-1.0), ValueError, r"adam_weight_decay must be >= 0.*-1\.0"),
     "weight_decay_mask": (_root(weight_decay_mask={"w": "yes"}), TypeError, r"weight_decay_mask .*bools.*'yes'"),
     "param_labels": (_root(param_labels={"w": "muon"}), ValueError,
                      r"param_labels leaves must be one of \('root', 'adam'\).*'muon'"),
-    "dimension_numbers": (_root(weight_dimension_numbers={"w": 3}), TypeError,
-                          r"weight_dimension_numbers .*type int"),
+    "dimension_numbers": (_root(muon_weight_dimension_numbers={"w": 3}), TypeError,
+                          r"muon_weight_dimension_numbers .*type int"),
     "adam_b1": (_root(adam_b1=1.0), ValueError, r"adam_b1 must be in \[0\.0, 1\.0\).*1\.0"),
     "adam_b2": (_root(adam_b2=-0.1), ValueError, r"adam_b2 must be in \[0\.0, 1\.0\).*-0\.1"),
     "adam_eps": (_root(adam_eps=0.0), ValueError, r"adam_eps must be in \(0\.0, inf\].*0\.0"),
     # Coefficient tables.
-    "coeff_shape": (_root(coefficients=[[1.0, 2.0], [3.0, 4.0]]), ValueError,
+    "coeff_shape": (_root(ns_coeffs=[[1.0, 2.0], [3.0, 4.0]]), ValueError,
                     r"coefficients must have shape \(3,\) or \(T, 3\).*\(2, 2\)"),
-    "coeff_inf": (_root(coefficients=(1.0, 2.0, float("inf"))), ValueError, r"coefficients must be finite.*inf"),
-    "coeff_nan_entry": (_root(coefficients={"4x8": (1.0, float("nan"), 2.0)}), ValueError,
+    "coeff_inf": (_root(ns_coeffs=(1.0, 2.0, float("inf"))), ValueError, r"coefficients must be finite.*inf"),
+    "coeff_nan_entry": (_root(ns_coeffs={"4x8": (1.0, float("nan"), 2.0)}), ValueError,
                         r"coefficients\['custom'\]\[4x8\] must be finite.*nan"),
-    "coeff_type": (_root(coefficients=3), TypeError, r"coefficients must be a preset name.*int"),
-    "coeff_too_long": (_root(coefficients=[MUON] * 6), ValueError, r"6 per-iteration triples but ns_steps=5"),
-    "coeff_preset": (_root(coefficients="no-such-preset"), ValueError, r"preset in \(.*'paper'.*'no-such-preset'"),
-    "coeff_key": (_root(coefficients={"16by32": MUON}), ValueError, r"key must look like '768x3072'.*'16by32'"),
-    "coeff_key_zero": (_root(coefficients={"0x4": MUON}), ValueError, r"two positive sizes.*\(0, 4\)"),
+    "coeff_type": (_root(ns_coeffs=3), TypeError, r"coefficients must be a preset name.*int"),
+    "coeff_too_long": (_root(ns_coeffs=[MUON] * 6), ValueError, r"6 per-iteration triples but ns_steps=5"),
+    "coeff_preset": (_root(ns_coeffs="no-such-preset"), ValueError, r"preset in \(.*'paper'.*'no-such-preset'"),
+    "coeff_key": (_root(ns_coeffs={"16by32": MUON}), ValueError, r"key must look like '768x3072'.*'16by32'"),
+    "coeff_key_zero": (_root(ns_coeffs={"0x4": MUON}), ValueError, r"two positive sizes.*\(0, 4\)"),
     "table_normalization": (lambda: root_optax.CoefficientTable("t", MUON, {}, normalization="l2"), ValueError,
                             r"normalization must be one of.*'l2'"),
     "table_default": (lambda: root_optax.CoefficientTable("t", (1.0, 2.0), {}), ValueError,
@@ -134,10 +138,10 @@ def test_good_arguments_build_without_warnings():
   # The counterpart of the table above: the checks must not reject valid input.
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    root_optax.root(optax.constant_schedule(0.1), momentum=0.0, quantile=1.0, threshold=0.0,
-                    compute_dtype=jnp.bfloat16, mu_dtype="float32", scaling=None,
+    root_optax.root(optax.constant_schedule(0.1), beta=0.0, quantile=1.0, threshold=0.0,
+                    compute_dtype=jnp.bfloat16, mu_dtype="float32", consistent_rms=None,
                     weight_decay_mask={"w": True, "b": np.bool_(False)}, param_labels={"w": "root", "b": "adam"},
-                    adam_learning_rate=jnp.asarray(0.0), coefficients=[MUON, (1.875, -1.25, 0.375)])
+                    adam_learning_rate=jnp.asarray(0.0), ns_coeffs=[MUON, (1.875, -1.25, 0.375)])
     root_optax.ada_newton_orthogonalize(precision="highest")
     root_optax.route_by_path(["embed"])
     root_optax.CoefficientTable("t", MUON, {(8, 4): [MUON]})
@@ -148,17 +152,17 @@ def test_table_file_that_does_not_parse_names_the_file(tmp_path, suffix, text):
   path = tmp_path / f"broken{suffix}"
   path.write_text(text)
   with pytest.raises(ValueError, match=f"broken\\{suffix}"):
-    root_optax.root(LR, coefficients=str(path))
+    root_optax.root(LR, ns_coeffs=str(path))
 
 
 def test_table_file_with_bad_entry_names_the_entry(tmp_path):
   path = tmp_path / "table.json"
   path.write_text(json.dumps({"shapes": {"4x8": [1.0, 2.0]}}))
   with pytest.raises(ValueError, match=r"coefficients\['table\.json'\]\[4x8\] must have shape"):
-    root_optax.root(LR, coefficients=str(path))
+    root_optax.root(LR, ns_coeffs=str(path))
   path.write_text(json.dumps([MUON]))
   with pytest.raises(ValueError, match="must hold a mapping, got list"):
-    root_optax.root(LR, coefficients=str(path))
+    root_optax.root(LR, ns_coeffs=str(path))
 
 
 def test_shipped_preset_that_does_not_parse_names_the_file(tmp_path, monkeypatch):
@@ -258,7 +262,7 @@ def test_edge_case_matrices_are_finite_and_match_reference():
   params = jax.tree.map(jnp.asarray, params)
   dims = {k: root_optax.DimensionNumbers(1, 2) for k in params}
   dims["bias"] = None
-  tx = root_optax.root(LR, variant="paper", coefficients=MUON, weight_dimension_numbers=dims)
+  tx = root_optax.root(LR, variant="paper", ns_coeffs=MUON, muon_weight_dimension_numbers=dims)
   update = jax.jit(tx.update)
   state = jax.jit(tx.init)(params)
   scales = lambda d: (_fills(d)["huge"](np.random.default_rng(0), (1, 1)).item(),)
@@ -310,7 +314,7 @@ def test_a_nonfinite_gradient_entry_makes_the_step_nonfinite(bad):
   # silently hide an infinite momentum buffer behind a healthy-looking step.
   params = {"w": jnp.zeros((4, 6)), "ok": jnp.zeros((4, 6))}
   grads = {"w": jnp.ones((4, 6)).at[1, 2].set(bad), "ok": jnp.ones((4, 6))}
-  tx = root_optax.root(LR, coefficients=MUON)
+  tx = root_optax.root(LR, ns_coeffs=MUON)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   assert not np.any(np.isfinite(updates["w"]))
   assert np.all(np.isfinite(updates["ok"]))
@@ -365,7 +369,7 @@ def test_reference_square_triple_overshoots_on_a_real_matrix_and_warns():
   paper = root_optax.load_coefficients("paper").shapes[(2048, 2048)]
   assert np.linalg.norm(root_optax.newton_schulz(x, np.repeat(paper, 5, 0)), 2) < 1.25
   with pytest.warns(UserWarning, match=r"'reference'\[2048x2048\].*0\.559.*3\.31"):
-    root_optax.root(LR, coefficients="reference")
+    root_optax.root(LR, ns_coeffs="reference")
 
 
 def test_defaults_do_not_use_the_flagged_triple_and_build_silently():
@@ -398,7 +402,7 @@ def _train(seed, step=None, steps=8):
             "b": jnp.zeros(16)}
   x = jax.random.normal(keys[2], (64, 16))
   y = jax.random.normal(keys[3], (64, 16))
-  tx = root_optax.root(optax.cosine_decay_schedule(0.05, steps), coefficients=MUON)
+  tx = root_optax.root(optax.cosine_decay_schedule(0.05, steps), ns_coeffs=MUON)
   state = tx.init(params)
 
   def train_step(params, state, x, y):

@@ -166,7 +166,7 @@ def test_root_validates_the_robust_arguments(kwargs, name):
 def test_robust_stages_switch_off_with_inf_and_quantile_one():
   params = {"w": jnp.ones((8, 16))}
   grads = {"w": jnp.asarray(np.random.default_rng(5).standard_normal((8, 16)), jnp.float32)}
-  off = root_optax.root(1e-2, outlier_gate=math.inf, burst_factor=math.inf, coefficients="muon")
+  off = root_optax.root(1e-2, outlier_gate=math.inf, burst_factor=math.inf, ns_coeffs="muon")
   state = off.init(params)
   assert not root_optax.diagnostics(state)
   muon_like = optax.contrib.muon(1e-2, beta=0.95, nesterov=True, weight_decay=0.1,

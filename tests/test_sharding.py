@@ -54,7 +54,9 @@ def worker_report():
       [sys.executable, str(_HERE / "_sharding_worker.py")], cwd=_ROOT, env=env,
       capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, check=False)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  report["_stderr"] = proc.stderr
+  return report
 
 
 @pytest.mark.parametrize("case", MULTI_DEVICE_CASES)
@@ -62,6 +64,15 @@ def test_multi_device(worker_report, case):
   assert case in worker_report, f"worker did not run {case!r}"
   result = worker_report[case]
   assert result["ok"], result["detail"]
+
+
+def test_no_involuntary_rematerialization(worker_report):
+  # XLA's SPMD partitioner logs this (to stderr) when it cannot reshard a
+  # tensor and replicates it instead; every compiled step of the worker,
+  # examples/train_pjit.py included, must move data without it.
+  lines = [line for line in worker_report["_stderr"].splitlines()
+           if "Involuntary full rematerialization" in line]
+  assert not lines, "\n".join(line[:400] for line in lines[:4])
 
 
 @pytest.mark.parametrize("spec, names, want", [

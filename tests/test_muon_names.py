@@ -1,0 +1,131 @@
+"""`root()` speaks `optax.contrib.muon`'s argument names, and means the same by them."""
+
+import inspect
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import root_optax
+
+MUON_TRIPLE = (3.4445, -4.7750, 2.0315)
+
+
+def _tree(seed=0):
+  rng = np.random.default_rng(seed)
+  return {"w": jnp.asarray(rng.normal(size=(12, 20)), jnp.float32),
+          "v": jnp.asarray(rng.normal(size=(16, 8)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=(20,)), jnp.float32)}
+
+
+def test_every_muon_argument_is_a_root_argument():
+  muon_args = inspect.signature(optax.contrib.muon).parameters
+  root_args = inspect.signature(root_optax.root).parameters
+  missing = [name for name in muon_args if name not in root_args]
+  assert not missing, f"root() lacks optax.contrib.muon's {missing}"
+  # The positional ones in the same order, so positional calls mean the same too.
+  positional = lambda params: [n for n, p in params.items()
+                               if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD]
+  assert positional(root_args) == positional(muon_args)
+
+
+def test_a_muon_call_with_all_its_defaults_runs_under_root():
+  defaults = {name: p.default for name, p in inspect.signature(optax.contrib.muon).parameters.items()
+              if p.default is not inspect.Parameter.empty}
+  tx = root_optax.root(1e-2, **defaults)
+  params = _tree()
+  updates, _ = jax.jit(tx.update)(_tree(1), tx.init(params), params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("preconditioning,adaptive", [
+    ("frobenius", False), ("schatten", False), ("aol", False), ("spectral", False),
+    ("frobenius", True)])
+def test_first_step_equals_optax_muon(preconditioning, adaptive):
+  # With ROOT's own stages off, the first step is Muon's: both momenta are
+  # proportional to G on step 1 and Newton-Schulz is scale-invariant.
+  kw = dict(ns_coeffs=MUON_TRIPLE, eps=1e-8, weight_decay=0.0, adam_b2=0.999,
+            preconditioning=preconditioning, adaptive=adaptive, consistent_rms=None)
+  params, grads = _tree(), _tree(1)
+  muon = optax.contrib.muon(0.1, **kw)
+  ours = root_optax.root(0.1, variant="paper", quantile=1.0, adam_nesterov=True, **kw)
+  want, _ = muon.update(grads, muon.init(params), params)
+  got, _ = ours.update(grads, ours.init(params), params)
+  if adaptive:
+    # <M, U> U scales with M: on step 1 ROOT's Nesterov sum form is
+    # (1 + beta) G, Muon's bias-corrected one (1 + beta / (1 + beta)) G.
+    beta = 0.95
+    ratio = (1 + beta) / (1 + beta / (1 + beta))
+    want = dict(want, w=want["w"] * ratio, v=want["v"] * ratio)
+  chex.assert_trees_all_close(got, want, rtol=2e-4, atol=1e-6)
+
+
+def test_consistent_rms_scales_like_optax():
+  params, grads = _tree(), _tree(1)
+  for rms in (None, 0.2, 0.5):
+    kw = dict(ns_coeffs=MUON_TRIPLE, eps=1e-8, weight_decay=0.0, consistent_rms=rms)
+    want, _ = optax.contrib.muon(0.1, **kw).update(grads, optax.contrib.muon(0.1, **kw).init(params), params)
+    tx = root_optax.root(0.1, variant="paper", quantile=1.0, preconditioning="frobenius", **kw)
+    got, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(got["v"], want["v"], rtol=2e-4, atol=1e-6)
+
+
+def test_optax_presets_standard_and_dion():
+  table = root_optax.load_coefficients("dion")
+  coeffs, _ = table.lookup((12, 20))
+  assert np.asarray(coeffs).shape == (5, 3)
+  np.testing.assert_allclose(np.asarray(coeffs)[0], (4.0848, -6.8946, 2.9270))
+  np.testing.assert_allclose(np.asarray(root_optax.load_coefficients("standard").lookup((3, 4))[0])[0],
+                             MUON_TRIPLE)
+
+
+def test_auto_fits_frobenius_coefficients_when_asked(tmp_path):
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 24, 40)), jnp.float32)
+  frob = root_optax.ada_newton_orthogonalize("auto", normalization="frobenius", cache_dir=str(tmp_path))
+  s4 = root_optax.ada_newton_orthogonalize("auto", cache_dir=str(tmp_path))
+  out_frob, _ = frob.update({"w": x[0]}, frob.init(None))
+  out_s4, _ = s4.update({"w": x[0]}, s4.init(None))
+  # Two fits, both close to the polar factor, but not the same polynomial.
+  u, _, vt = np.linalg.svd(np.asarray(x[0], np.float64), full_matrices=False)
+  for out in (out_frob, out_s4):
+    assert np.linalg.norm(np.asarray(out["w"]) - u @ vt) / np.linalg.norm(u @ vt) < 0.3
+  assert not np.allclose(out_frob["w"], out_s4["w"])
+  assert len(list(tmp_path.iterdir())) == 2  # one cached fit per normalization
+
+
+def test_renamed_arguments_name_their_new_name():
+  for old, new in root_optax.alias.RENAMED.items():
+    with pytest.raises(TypeError, match=f"'{old}': it is now '{new}'"):
+      root_optax.root(0.1, **{old: None})
+
+
+def test_weight_decay_reaches_every_parameter_unless_masked():
+  # A zero gradient: only the weight decay moves a parameter.
+  params = {"w": jnp.ones((4, 8)), "embed": jnp.ones((10, 4)), "b": jnp.ones(8)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  tx = root_optax.root(0.1, weight_decay=0.5, ns_coeffs="muon",
+                       param_labels=root_optax.route_by_path(("embed",)))
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  for key in params:
+    np.testing.assert_allclose(updates[key], -0.05 * params[key], rtol=1e-6)
+  # One argument spares the vectors, in both branches.
+  spared = root_optax.root(0.1, weight_decay=0.5, ns_coeffs="muon",
+                           weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+  updates, _ = spared.update(zeros, spared.init(params), params)
+  np.testing.assert_array_equal(updates["b"], 0.0)
+  np.testing.assert_allclose(updates["embed"], -0.05 * params["embed"], rtol=1e-6)
+
+
+def test_public_signatures_have_real_annotations():
+  for name in root_optax.__all__:
+    obj = getattr(root_optax, name)
+    if not inspect.isfunction(obj):
+      continue
+    strings = [p for p, v in inspect.signature(obj).parameters.items() if isinstance(v.annotation, str)]
+    assert not strings, f"{name} has string annotations on {strings}"
+  annotation = inspect.signature(root_optax.root).parameters["learning_rate"].annotation
+  assert annotation is optax.ScalarOrSchedule
