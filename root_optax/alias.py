@@ -84,15 +84,6 @@ def _check_real_root_leaves(params, labels) -> None:
           f"real Gram matrix). Label it {labels_lib.ADAM!r} with param_labels.")
 
 
-# Earlier names of root()'s arguments -> the optax.contrib.muon names they now have.
-RENAMED = {
-    "momentum": "beta",
-    "coefficients": "ns_coeffs",
-    "normalization": "preconditioning",
-    "weight_dimension_numbers": "muon_weight_dimension_numbers",
-    "scaling": "consistent_rms",
-    "rms": "consistent_rms",
-}
 # optax Muon's preconditioning names -> the Newton-Schulz kernel's.
 PRECONDITIONINGS = {
     "frobenius": "frobenius",
@@ -101,15 +92,6 @@ PRECONDITIONINGS = {
     "aol": "aol",
     "spectral": "spectral",
 }
-
-
-def _reject_renamed(renamed: dict) -> None:
-  for name in renamed:
-    if name in RENAMED:
-      raise TypeError(
-          f"root() has no argument {name!r}: it is now {RENAMED[name]!r}, "
-          "the name optax.contrib.muon uses (see the CHANGELOG)")
-    raise TypeError(f"root() got an unexpected keyword argument {name!r}")
 
 
 def _normalization(preconditioning: Optional[str]) -> Optional[str]:
@@ -166,7 +148,6 @@ def root(
     adam_nesterov: bool = False,
     param_labels: labels_lib.LabelsOrFn = None,
     sharding: sharding_lib.ShardingSpec = None,
-    **renamed: Any,
 ) -> optax.GradientTransformation:
   r"""ROOT: Robust Orthogonalized Optimizer (He et al., 2025).
 
@@ -286,9 +267,6 @@ def root(
       ``'auto'`` or a `jax.sharding.Mesh` (each shape group split along its
       stack axis over the mesh, whole matrices per device); see
       `ada_newton_orthogonalize`.
-    **renamed: Not accepted: a TypeError names the current argument for an
-      earlier name (``momentum``, ``coefficients``, ``normalization``,
-      ``weight_dimension_numbers``, ``scaling``, ``rms``).
 
   Returns:
     An `optax.GradientTransformation`: `optax.partition` of the ROOT chain and
@@ -310,7 +288,6 @@ def root(
     Bernstein et al., `Old Optimizer, New Norm: An Anthology
     <https://arxiv.org/abs/2409.20325>`_, 2024.
   """
-  _reject_renamed(renamed)
   _validation.one_of("variant", variant, VARIANTS)
   defaults = VARIANT_DEFAULTS[variant]
   outlier_gate = defaults["outlier_gate"] if outlier_gate is None else outlier_gate

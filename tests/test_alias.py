@@ -223,11 +223,11 @@ def test_learning_rate_schedule():
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    ({"momentum": 1.0}, "momentum"), ({"quantile": 0.0}, "quantile"), ({"weight_decay": -0.1}, "weight_decay"),
-    ({"adam_b2": 1.0}, "adam_b2"), ({"scaling": "l2"}, "scaling"), ({"ns_steps": 0}, "ns_steps"),
+    ({"beta": 1.0}, "beta"), ({"quantile": 0.0}, "quantile"), ({"weight_decay": -0.1}, "weight_decay"),
+    ({"adam_b2": 1.0}, "adam_b2"), ({"preconditioning": "l2"}, "preconditioning"), ({"ns_steps": 0}, "ns_steps"),
     ({"threshold_method": "sort"}, "threshold_method"), ({"adam_eps": 0.0}, "adam_eps"),
     ({"threshold_rank_tolerance": -0.1}, "threshold_rank_tolerance"),
-    ({"coefficients": {"4x4": (1.0, 2.0)}}, "shape"),
+    ({"ns_coeffs": {"4x4": (1.0, 2.0)}}, "shape"), ({"consistent_rms": -1.0}, "consistent_rms"),
 ])
 def test_invalid_hyperparameters(kwargs, name):
   with pytest.raises(ValueError, match=name):

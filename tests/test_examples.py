@@ -387,22 +387,19 @@ def test_lm_configs_are_seeded_and_paired():
 def test_root_variant_helpers_build_the_intended_optimizers():
   from configs import _runs  # noqa: PLC0415
   accepted = set(inspect.signature(root_optax.root).parameters)
-  for kwargs in (_runs.root_paper(), _runs.root_without_outlier_handling(),
-                 _runs.root_muon_coefficients()):
+  for kwargs in (_runs.root_paper(), _runs.root_without_outlier_handling(), _runs.root_adanewton()):
     assert set(kwargs) <= accepted, kwargs
-  if "variant" not in accepted:  # today's spelling of the paper's ROOT
-    assert _runs.root_paper() == dict(quantile=0.90, ns_coeffs="paper")
-  if "outliers" not in accepted and "outlier_gate" not in accepted:
-    assert _runs.root_without_outlier_handling() == dict(quantile=1.0)
   # The ablations differ from each other and from the default ROOT.
   params = _tiny_params()
   grads = jax.tree.map(lambda p: p + 100.0 * (jnp.arange(p.size).reshape(p.shape) % 50 == 0), params)
   base = ml_collections.ConfigDict(dict(warmup=1, weight_decay=0.1, b1=0.9, b2=0.95))
   hidden = {}
-  for name, kwargs in (("default", {}), ("no_outliers", _runs.root_without_outlier_handling())):
+  for name, kwargs in (("default", {}), ("no_outliers", _runs.root_without_outlier_handling()),
+                       ("adanewton", _runs.root_adanewton())):
     run = ml_collections.ConfigDict(dict(optimizer="root", lr=1e-2, root=kwargs))
     hidden[name] = _two_steps(common.make_optimizer(run, base, 10), params, grads)["block"]["kernel"]
   assert not np.allclose(hidden["default"], hidden["no_outliers"])
+  assert not np.allclose(hidden["default"], hidden["adanewton"])
 
 
 def test_stdlib_split_is_by_file_and_fixed(tmp_path):

@@ -97,12 +97,6 @@ def test_auto_fits_frobenius_coefficients_when_asked(tmp_path):
   assert len(list(tmp_path.iterdir())) == 2  # one cached fit per normalization
 
 
-def test_renamed_arguments_name_their_new_name():
-  for old, new in root_optax.alias.RENAMED.items():
-    with pytest.raises(TypeError, match=f"'{old}': it is now '{new}'"):
-      root_optax.root(0.1, **{old: None})
-
-
 def test_weight_decay_reaches_every_parameter_unless_masked():
   # A zero gradient: only the weight decay moves a parameter.
   params = {"w": jnp.ones((4, 8)), "embed": jnp.ones((10, 4)), "b": jnp.ones(8)}

@@ -140,7 +140,7 @@ def test_inject_hyperparams_schedule_and_manual_change_between_steps():
       threshold_method="exact")
   update = jax.jit(constant.update)
   _, state = update(_tree(30), constant.init(params), params)
-  state.hyperparams["momentum"] = jnp.asarray(0.0)
+  state.hyperparams["beta"] = jnp.asarray(0.0)
   grads = _tree(31)
   out, _ = update(grads, state, params)
   buf = np.zeros((4, 6))

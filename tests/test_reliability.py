@@ -39,9 +39,6 @@ _BAD_ARGUMENTS = {
     "adam_lr": (_root(adam_learning_rate=-0.1), ValueError, r"adam_learning_rate must be >= 0.*-0\.1"),
     "beta_1": (_root(beta=1.0), ValueError, r"beta must be in \[0\.0, 1\.0\).*1\.0"),
     "beta_neg": (_root(beta=-0.5), ValueError, r"beta must be in \[0\.0, 1\.0\).*-0\.5"),
-    "renamed_momentum": (_root(momentum=0.9), TypeError, r"no argument 'momentum': it is now 'beta'"),
-    "renamed_coefficients": (_root(coefficients="muon"), TypeError, r"'coefficients': it is now 'ns_coeffs'"),
-    "renamed_scaling": (_root(scaling=None), TypeError, r"'scaling': it is now 'consistent_rms'"),
     "unknown_keyword": (_root(lerning_rate=0.1), TypeError, r"unexpected keyword argument 'lerning_rate'"),
     "nesterov": (_root(nesterov=1), TypeError, r"nesterov must be a bool.*1"),
     "quantile_0": (_root(quantile=0.0), ValueError, r"quantile must be in \(0\.0, 1\.0\].*0\.0"),
@@ -58,7 +55,7 @@ _BAD_ARGUMENTS = {
     "ns_steps_array": (_root(ns_steps=jnp.asarray(5)), TypeError, r"ns_steps must be a static.*static_args"),
     "preconditioning": (_root(preconditioning="l2"), ValueError,
                         r"preconditioning must be one of \('frobenius', 'schatten', 'schatten4', 'aol', 'spectral'\).*'l2'"),
-    "auto_aol": (_root(preconditioning="aol"), ValueError, r"'auto' can be fitted for normalization.*'aol'"),
+    "auto_aol": (_root(ns_coeffs="auto", preconditioning="aol"), ValueError, r"'auto' can be fitted for normalization.*'aol'"),
     "eps": (_root(eps=-1e-7), ValueError, r"eps must be >= 0.*-1e-07"),
     "compute_dtype_int": (_root(compute_dtype=jnp.int32), TypeError, r"compute_dtype .*floating.*int32"),
     "compute_dtype_str": (_root(compute_dtype="float33"), TypeError, r"compute_dtype .*floating.*'float33'"),
@@ -373,8 +370,9 @@ def test_reference_square_triple_overshoots_on_a_real_matrix_and_warns():
 
 
 def test_defaults_do_not_use_the_flagged_triple_and_build_silently():
-  for fn in (root_optax.root, root_optax.ada_newton_orthogonalize):
-    assert inspect.signature(fn).parameters["coefficients"].default != "reference"
+  assert inspect.signature(root_optax.ada_newton_orthogonalize).parameters["coefficients"].default == "auto"
+  assert root_optax.alias.VARIANT_DEFAULTS["robust"]["ns_coeffs"] == "muon"
+  assert root_optax.alias.VARIANT_DEFAULTS["paper"]["ns_coeffs"] == "paper"
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     root_optax.root(LR)
