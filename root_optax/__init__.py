@@ -35,7 +35,7 @@ from root_optax.routing import describe
 from root_optax.routing import routes
 from root_optax.scaling import scale_by_shape
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "BurstStats",
