@@ -284,7 +284,7 @@ def test_auto_cache_never_inside_the_package_and_false_means_memory():
 
 def test_auto_table_calibrates_under_eval_shape_and_jit_and_logs_one_line(tmp_path, caplog):
   params = {"a": jnp.ones((20, 44)), "b": jnp.ones((44, 20)), "c": jnp.ones((12, 300))}
-  tx = root_optax.root(1e-2, calibration_cache_dir=str(tmp_path))
+  tx = root_optax.root(1e-2, ns_coeffs="auto", calibration_cache_dir=str(tmp_path))
   with caplog.at_level(logging.INFO, logger="root_optax"):
     state = jax.eval_shape(tx.init, params)
     out = jax.eval_shape(tx.update, params, state, params)

@@ -99,7 +99,7 @@ def test_table_files_round_trip(tmp_path, suffix):
     ({"16x32": (1.0, 2.0)}, "shape"),
     ({"16x32": (1.0, float("nan"), 2.0)}, "finite"),
     ({"16by32": (1.0, 2.0, 3.0)}, "key"),
-    ({"default": (1, 2, 3), "normalization": "spectral"}, "normalization"),
+    ({"default": (1, 2, 3), "normalization": "l2"}, "normalization"),
 ])
 def test_bad_tables_raise(spec, match):
   with pytest.raises(ValueError, match=match):

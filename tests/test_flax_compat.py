@@ -156,7 +156,7 @@ def test_flax_serialization_round_trip_gives_the_same_next_update(with_inject):
   rng = np.random.default_rng(2)
   params = {"w": jnp.asarray(rng.normal(size=(6, 10)), jnp.float32), "b": jnp.zeros(10)}
   grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(2)]
-  tx = (optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(learning_rate=LR, coefficients=MUON)
+  tx = (optax.inject_hyperparams(root_optax.root, static_args=("ns_steps",))(learning_rate=LR, ns_coeffs=MUON)
         if with_inject else _tx())
   update = jax.jit(tx.update)
   _, state = update(grads[0], tx.init(params), params)

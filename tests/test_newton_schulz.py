@@ -103,11 +103,11 @@ def test_rejects_vectors_and_bad_normalization():
   with pytest.raises(ValueError, match="shape"):
     root_optax.newton_schulz(jnp.ones(3), MUON5)
   with pytest.raises(ValueError, match="normalization"):
-    root_optax.newton_schulz(jnp.ones((3, 3)), MUON5, normalization="spectral")
+    root_optax.newton_schulz(jnp.ones((3, 3)), MUON5, normalization="l2")
 
 
 @pytest.mark.parametrize("shape", [(1, 9), (6, 20), (20, 6), (8, 8), (2, 5, 17)])
-@pytest.mark.parametrize("normalization", ["frobenius", "schatten4", "aol"])
+@pytest.mark.parametrize("normalization", ["frobenius", "schatten4", "aol", "spectral"])
 def test_gram_form_equals_standard_form(shape, normalization):
   x = jnp.asarray(np.random.default_rng(9).standard_t(3, size=shape), jnp.float32)
   kw = {"normalization": normalization}
@@ -116,6 +116,21 @@ def test_gram_form_equals_standard_form(shape, normalization):
   np.testing.assert_allclose(gram, standard, rtol=1e-4, atol=2e-5)
   if normalization == "frobenius" and len(shape) == 2:
     np.testing.assert_allclose(gram, _reference.newton_schulz(np.asarray(x, np.float64), MUON5), rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (20, 6), (8, 8)])
+def test_spectral_normalization_matches_numpy(shape):
+  x = np.random.default_rng(11).normal(size=shape)
+  y = x.T if shape[0] > shape[1] else x
+  y = y / np.linalg.norm(y, 2)  # the largest singular value becomes 1
+  for a, b, c in np.asarray(MUON5, np.float64).reshape(-1, 3):
+    gram = y @ y.T
+    y = a * y + (b * gram + c * gram @ gram) @ y
+  want = y.T if shape[0] > shape[1] else y
+  got = root_optax.newton_schulz(jnp.asarray(x, jnp.float32), MUON5, normalization="spectral", eps=0.0)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+  zero = root_optax.newton_schulz(jnp.zeros((4, 6)), MUON5, normalization="spectral")
+  np.testing.assert_array_equal(zero, 0.0)
 
 
 @pytest.mark.parametrize("method", ["gram", "auto"])
