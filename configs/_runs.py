@@ -27,3 +27,18 @@ def root_without_outlier_handling() -> dict:
 def root_adanewton() -> dict:
   """The defaults with AdaNewton's per-shape, per-iteration coefficients."""
   return dict(ns_coeffs="auto")
+
+
+def robustness_config(base: ml_collections.ConfigDict, name: str, title: str,
+                      families, noise_kinds) -> ml_collections.ConfigDict:
+  """``base`` with one run per ``(family, noise kind)`` and the robustness report.
+
+  ``families``: ``(name, optimizer, extra fields)`` triples; each run trains at
+  its optimizer's rate in ``configs/lm.py``'s ``LR``.
+  """
+  from configs import lm  # pylint: disable=import-outside-toplevel
+  base.name, base.title, base.report = name, title, "robustness"
+  base.runs = tuple(
+      run(f"{family} [{noise}]", optimizer, lm.LR[optimizer], family=family, noise=noise, **extra)
+      for family, optimizer, extra in families for noise in noise_kinds)
+  return base

@@ -30,7 +30,7 @@ import ml_collections
 
 from configs import lm
 from configs._runs import root_paper
-from configs._runs import run
+from configs._runs import robustness_config
 
 FAMILIES = (
     ("AdamW", "adamw", {}),
@@ -42,12 +42,4 @@ NOISE = ("none", "spikes", "student_t", "bursts")
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = lm.base_config()
-  c.name = "lm_outliers"
-  c.title = "robustness to gradient outliers (byte-level LM)"
-  c.report = "robustness"
-  c.runs = tuple(
-      run(f"{name} [{noise}]", optimizer, lm.LR[optimizer], family=name,
-          noise=noise, **extra)
-      for name, optimizer, extra in FAMILIES for noise in NOISE)
-  return c
+  return robustness_config(lm.base_config(), 'lm_outliers', 'robustness to gradient outliers (byte-level LM)', FAMILIES, NOISE)

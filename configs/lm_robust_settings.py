@@ -24,7 +24,7 @@ import math
 import ml_collections
 
 from configs import lm
-from configs._runs import run
+from configs._runs import robustness_config
 
 AUTO = {"ns_coeffs": "auto"}  # the base of these rows: AdaNewton coefficients
 FAMILIES = (
@@ -41,12 +41,4 @@ NOISE = ("none", "spikes")
 
 
 def get_config() -> ml_collections.ConfigDict:
-  c = lm.base_config()
-  c.name = "lm_robust_settings"
-  c.title = "settings of the robust default (byte-level LM)"
-  c.report = "robustness"
-  c.runs = tuple(
-      run(f"{name} [{noise}]", optimizer, lm.LR[optimizer], family=name,
-          noise=noise, **extra)
-      for name, optimizer, extra in FAMILIES for noise in NOISE)
-  return c
+  return robustness_config(lm.base_config(), 'lm_robust_settings', 'settings of the robust default (byte-level LM)', FAMILIES, NOISE)
