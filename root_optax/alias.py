@@ -170,8 +170,9 @@ def root(
 
   * ``'robust'`` (default): the gate (``k = 3``) and the burst guard
     (``f = 4``) act on the gradient before it enters the momentum, and only
-    on real outliers. The paper's momentum clip is off (``quantile=1.0``): on
-    clean data it removes 10% of every momentum and trains worse than Muon.
+    on real outliers. The paper's momentum clip is off (``quantile=1.0``): it
+    clips 10% of every momentum at every step, catches spikes less well than
+    the gate and cannot remove a burst already in the momentum.
     Coefficients ``'muon'``: Muon's triple for every shape. AdaNewton's
     per-shape coefficients are ``ns_coeffs='auto'``: they orthogonalise 10x
     more precisely, but trained worse on the LM example (``docs/robustness.md``).
