@@ -127,7 +127,7 @@ def batches(config: Config, rng: np.random.Generator):
 def make_optimizer(config: Config, mesh) -> optax.GradientTransformation:
   sharding = None if config.sharding == "none" else ("auto" if config.sharding == "auto" else mesh)
   return root_optax.root(
-      optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, 10, config.steps),
+      optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, min(10, config.steps - 1), config.steps),
       param_labels=root_optax.route_by_path(("embed", "head", "pos")),
       sharding=sharding)
 

@@ -142,6 +142,7 @@ def ada_newton_orthogonalize(
   _validation.matmul_precision("precision", precision)
   dimensions.validate_spec(weight_dimension_numbers)
   sharding_lib.validate_sharding(sharding)
+  _validation.boolean("adaptive", adaptive)
   calibrates = table.fallback == coefficients_lib.CALIBRATE
   # 'auto' with another normalization than its shipped entries': fit every shape.
   refit_all = calibrates and table.normalization != normalization

@@ -60,7 +60,12 @@ def routes(params: Any, param_labels: labels_lib.LabelsOrFn = None,
 
   Returns:
     A tuple of `Route`, in the order of ``jax.tree.leaves(params)``.
+
+  Raises:
+    ValueError, TypeError: For labels other than ``'root'`` / ``'adam'`` or
+      dimension numbers of the wrong kind, as `root` would at ``init``.
   """
+  dimensions.validate_spec(muon_weight_dimension_numbers, "muon_weight_dimension_numbers")
   with_path, _ = jax.tree_util.tree_flatten_with_path(params)
   shapes = [tuple(np.shape(leaf)) for _, leaf in with_path]
   dims = dimensions.resolve(muon_weight_dimension_numbers, params)

@@ -71,6 +71,9 @@ _BAD_ARGUMENTS = {
     "adam_b1": (_root(adam_b1=1.0), ValueError, r"adam_b1 must be in \[0\.0, 1\.0\).*1\.0"),
     "adam_b2": (_root(adam_b2=-0.1), ValueError, r"adam_b2 must be in \[0\.0, 1\.0\).*-0\.1"),
     "adam_eps": (_root(adam_eps=0.0), ValueError, r"adam_eps must be in \(0\.0, inf\].*0\.0"),
+    "adaptive": (_root(adaptive=1), TypeError, r"adaptive must be a bool.*1"),
+    "ano_adaptive": (lambda: root_optax.ada_newton_orthogonalize(adaptive="yes"), TypeError,
+                     r"adaptive must be a bool.*'yes'"),
     # Coefficient tables.
     "coeff_shape": (_root(ns_coeffs=[[1.0, 2.0], [3.0, 4.0]]), ValueError,
                     r"coefficients must have shape \(3,\) or \(T, 3\).*\(2, 2\)"),

@@ -43,6 +43,13 @@ def test_labels_and_dimension_numbers_are_followed():
   assert all(r.reason == "param_labels" for r in labelled)
 
 
+def test_routes_reject_bad_labels_and_dimension_numbers():
+  with pytest.raises(ValueError, match="param_labels"):
+    root_optax.routes(PARAMS, param_labels=jax.tree.map(lambda _: "muon", PARAMS))
+  with pytest.raises(TypeError, match="muon_weight_dimension_numbers"):
+    root_optax.routes(PARAMS, muon_weight_dimension_numbers={"w": 3})
+
+
 def test_describe_names_every_leaf_and_the_groups():
   text = root_optax.describe(PARAMS)
   first, *rows = text.splitlines()

@@ -50,6 +50,8 @@ def worker_report():
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
   env.pop("XLA_FLAGS", None)
+  # XLA's C++ warnings (e.g. the rematerialization one) must reach stderr.
+  env["TF_CPP_MIN_LOG_LEVEL"] = "0"
   proc = subprocess.run(
       [sys.executable, str(_HERE / "_sharding_worker.py")], cwd=_ROOT, env=env,
       capture_output=True, text=True, timeout=_WORKER_TIMEOUT_S, check=False)
