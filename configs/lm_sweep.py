@@ -3,10 +3,9 @@
 Each optimizer family (AdamW, optax Muon, ROOT with its defaults) is trained on
 a grid of 4-5 rates around its usual rate, at half the main horizon (150 steps, the
 same model, data and schedule shape), and the rate with the lowest final
-validation loss is copied into ``configs/lm.py``'s ``LR``. The ROOT ablations
-reuse ROOT's rate. The rates in ``LR`` were chosen from one seed; this config
-now runs the seeds of ``configs/lm.py`` (17 runs x 3 seeds of 150 steps,
-about 12 minutes on a 2-core CPU with two workers). Regenerate with::
+validation loss (mean over the seeds of ``configs/lm.py``) is copied into
+``configs/lm.py``'s ``LR``. The ROOT ablations reuse ROOT's rate. 13 runs x 3
+seeds of 150 steps, about 11 minutes on a 2-core CPU with two workers. Regenerate with::
 
   python examples/train_lm.py --config configs/lm_sweep.py
 """
@@ -17,7 +16,6 @@ from configs import lm
 from configs._runs import run
 
 GRID = {
-    # 3e-4 added (and 1e-1 for Muon and ROOT): the first grid's best rates were at its edges.
     "adamw": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
     "muon": (3e-3, 1e-2, 3e-2, 1e-1),
     "root": (3e-3, 1e-2, 3e-2, 1e-1),
