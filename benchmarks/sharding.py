@@ -34,7 +34,8 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import root_optax  # noqa: E402
-from root_optax import sharding as sharding_lib  # noqa: E402
+
+import hlo_stats  # noqa: E402
 
 # name: (shape as a function of d, 'col' / 'row' / 'vec' under tensor parallelism)
 BLOCK = {
@@ -129,7 +130,7 @@ def run(layers: int, d: int, repeats: int, layout: str, mesh_shape, axis_type: s
     jax.block_until_ready(params)
     variants[name] = {"compiled": compiled, "params": params, "state": state, "times": [],
                       "compile_s": compile_s,
-                      "collectives": sharding_lib.collective_stats(compiled.as_text())}
+                      "collectives": hlo_stats.collective_stats(compiled.as_text())}
   for _ in range(repeats):
     for v in variants.values():
       start = time.perf_counter()

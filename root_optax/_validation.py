@@ -5,12 +5,38 @@ inside `jax.jit`) and schedules (callables) are not checked: there is no
 value to check at build time.
 """
 
+import contextlib
+import contextvars
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+_CALLER_NAMES: contextvars.ContextVar[dict] = contextvars.ContextVar("argument_names", default={})
+
+
+@contextlib.contextmanager
+def argument_names(**names: str) -> Iterator[None]:
+  """Inside, errors name an argument by its caller's name.
+
+  `root()` builds each inner transform in such a block, e.g.
+  ``argument_names(decay="beta")`` around `trace`, so that a bad ``beta``
+  is reported as ``beta``, not as `trace`'s ``decay``.
+  """
+  token = _CALLER_NAMES.set({**_CALLER_NAMES.get(), **names})
+  try:
+    yield
+  finally:
+    _CALLER_NAMES.reset(token)
+
+
+def shown(name: str) -> str:
+  """The name an error gives the argument ``name`` (see `argument_names`)."""
+  return _CALLER_NAMES.get().get(name, name)
 
 
 def _concrete_number(name: str, value: Any) -> float | None:
@@ -29,6 +55,7 @@ def _concrete_number(name: str, value: Any) -> float | None:
 def in_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False,
              high_open: bool = False) -> None:
   """Raises ValueError unless ``low <= value <= high`` (ends optionally open)."""
+  name = shown(name)
   number = _concrete_number(name, value)
   if number is None:
     return
@@ -41,6 +68,7 @@ def in_range(name: str, value: Any, low: float, high: float, *, low_open: bool =
 
 def at_least(name: str, value: Any, low: float) -> None:
   """Raises ValueError unless ``value >= low``."""
+  name = shown(name)
   number = _concrete_number(name, value)
   if number is not None and number < low:
     raise ValueError(f"{name} must be >= {low}, got {number}")
@@ -48,6 +76,7 @@ def at_least(name: str, value: Any, low: float) -> None:
 
 def positive_int(name: str, value: Any) -> None:
   """Raises ValueError unless ``value`` is a Python int >= 1 (it sets a loop length)."""
+  name = shown(name)
   if isinstance(value, (jax.Array, np.ndarray)):
     raise TypeError(
         f"{name} must be a static Python int >= 1, got an array {value!r}; with "
@@ -60,6 +89,7 @@ def positive_int(name: str, value: Any) -> None:
 
 def one_of(name: str, value: Any, allowed: tuple) -> None:
   """Raises ValueError unless ``value`` is one of ``allowed``."""
+  name = shown(name)
   if value not in allowed:
     raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -70,6 +100,7 @@ def non_negative_values(name: str, value: Any) -> None:
   JAX arrays are not inspected: reading them would force a device sync in
   eager code, and inside `jax.jit` they are tracers.
   """
+  name = shown(name)
   if isinstance(value, jax.Array) or not isinstance(value, (numbers.Real, np.ndarray, np.generic)):
     return
   arr = np.asarray(value, dtype=np.float64)
@@ -79,12 +110,14 @@ def non_negative_values(name: str, value: Any) -> None:
 
 def boolean(name: str, value: Any) -> None:
   """Raises TypeError unless ``value`` is a bool."""
+  name = shown(name)
   if not isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
 
 
 def float_dtype(name: str, value: Any) -> None:
   """Raises TypeError unless ``value`` is None or a real floating-point dtype."""
+  name = shown(name)
   if value is None:
     return
   try:
@@ -98,6 +131,7 @@ def float_dtype(name: str, value: Any) -> None:
 
 def matmul_precision(name: str, value: Any) -> None:
   """Raises ValueError unless ``value`` is a precision `jnp.matmul` accepts."""
+  name = shown(name)
   if value is None:
     return
   x = jax.ShapeDtypeStruct((2, 2), jnp.float32)
@@ -109,6 +143,7 @@ def matmul_precision(name: str, value: Any) -> None:
 
 def bool_tree(name: str, value: Any) -> None:
   """Raises TypeError unless ``value`` is None, a callable or a tree of bools."""
+  name = shown(name)
   if value is None or callable(value):
     return
   for leaf in jax.tree.leaves(value):

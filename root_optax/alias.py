@@ -3,7 +3,6 @@
 import math
 from typing import Any, Callable, Optional, Union
 
-import jax
 import optax
 
 from root_optax import _validation
@@ -32,86 +31,19 @@ VARIANT_DEFAULTS = {
 GATE_QUANTILE = 0.90  # the gate is a multiple of this magnitude quantile of each gradient matrix
 
 
-def _root_branch_dimension_numbers(weight_dimension_numbers):
-  """Dimension numbers for the leaves `optax.partition` sends to the ROOT chain.
-
-  Inside the branch, AdamW leaves are `optax.MaskedNode`; a user's tree of
-  dimension numbers is aligned with that, and a ROOT leaf without dimension
-  numbers must be 2-D.
-  """
-  def dims_for(updates):
-    spec = weight_dimension_numbers
-    if callable(spec) and not dimensions.is_dimension_numbers(spec):
-      spec = spec(updates)
-    if spec is not None and not dimensions.is_dimension_numbers(spec):
-      spec = labels_lib.mask_like(spec, updates)
-    leaves, treedef = jax.tree.flatten(updates)
-    per_leaf = dimensions.resolve(spec, updates)
-    for leaf, dims in zip(leaves, per_leaf):
-      if dims is None:
-        raise ValueError(
-            f"a leaf of shape {leaf.shape} is labelled {labels_lib.ROOT!r} but is not "
-            "2-D; give it weight_dimension_numbers or label it "
-            f"{labels_lib.ADAM!r}")
-    return jax.tree.unflatten(treedef, per_leaf)
-  return dims_for
-
-
-def _labels_fn(param_labels, weight_dimension_numbers):
-  if param_labels is not None:
-    labels_of = lambda params: labels_lib.resolve_labels(param_labels, params)
-  elif weight_dimension_numbers is not None:
-    labels_of = lambda params: labels_lib.labels_from_dimension_numbers(weight_dimension_numbers, params)
-  else:
-    labels_of = labels_lib.default_labels
-
-  def labels_fn(params):
-    labels = labels_of(params)
-    _check_real_root_leaves(params, labels)
-    return labels
-  return labels_fn
-
-
-def _check_real_root_leaves(params, labels) -> None:
-  """ROOT's clip and Newton-Schulz are defined for real matrices only."""
-  labelled, treedef = jax.tree_util.tree_flatten_with_path(labels)
-  for (path, label), sub in zip(labelled, treedef.flatten_up_to(params)):
-    complex_leaves = [p for p in jax.tree.leaves(sub) if jax.numpy.iscomplexobj(p)]
-    if label == labels_lib.ROOT and complex_leaves:
-      raise TypeError(
-          f"parameter {jax.tree_util.keystr(path)} has complex dtype {complex_leaves[0].dtype}; ROOT "
-          f"leaves must be real (the outlier clip needs an order, Newton-Schulz a "
-          f"real Gram matrix). Label it {labels_lib.ADAM!r} with param_labels.")
-
-
-# optax Muon's preconditioning names -> the Newton-Schulz kernel's.
-PRECONDITIONINGS = {
-    "frobenius": "frobenius",
-    "schatten": "schatten4",
-    "schatten4": "schatten4",
-    "aol": "aol",
-    "spectral": "spectral",
-}
-
-
-def _normalization(preconditioning: Optional[str]) -> Optional[str]:
-  if preconditioning is None:
-    return None
-  _validation.one_of("preconditioning", preconditioning, tuple(PRECONDITIONINGS))
-  return PRECONDITIONINGS[preconditioning]
+# Inner transforms' argument names -> root()'s, so that errors name root()'s.
+_THRESHOLD_NAMES = dict(method="threshold_method", rank_tolerance="threshold_rank_tolerance")
+_GATE_NAMES = dict(multiplier="outlier_gate", **_THRESHOLD_NAMES)
+_BURST_NAMES = dict(factor="burst_factor", decay="burst_decay")
+_MOMENTUM_NAMES = dict(decay="beta", accumulator_dtype="mu_dtype")
+_ORTHOGONALIZE_NAMES = dict(coefficients="ns_coeffs", cache_dir="calibration_cache_dir")
+_SCALING_NAMES = dict(rms="consistent_rms")
 
 
 def _is_off(value, off: float) -> bool:
   """A stage is left out for the Python number that makes it a no-op; an array
   (e.g. from `optax.inject_hyperparams`) keeps it in the chain."""
   return isinstance(value, (int, float)) and value == off
-
-
-def _branch_mask(mask: MaskOrFn):
-  """A weight-decay mask usable inside an `optax.partition` branch."""
-  if mask is None or callable(mask):
-    return mask
-  return lambda params: labels_lib.mask_like(mask, params)
 
 
 def root(
@@ -295,65 +227,51 @@ def root(
   burst_factor = defaults["burst_factor"] if burst_factor is None else burst_factor
   quantile = defaults["quantile"] if quantile is None else quantile
   ns_coeffs = defaults["ns_coeffs"] if ns_coeffs is None else ns_coeffs
-  normalization = _normalization(preconditioning)
-  _validation.at_least("learning_rate", learning_rate, 0.0)
-  if adam_learning_rate is not None:
-    _validation.at_least("adam_learning_rate", adam_learning_rate, 0.0)
-  # Checked here too so that errors name root()'s arguments, not the inner ones.
-  _validation.in_range("beta", beta, 0.0, 1.0, high_open=True)
-  if not _is_off(outlier_gate, math.inf):
-    _validation.at_least("outlier_gate", outlier_gate, 1.0)
-  if not _is_off(burst_factor, math.inf):
-    _validation.in_range("burst_factor", burst_factor, 1.0, math.inf, low_open=True)
-  _validation.in_range("burst_decay", burst_decay, 0.0, 1.0, high_open=True)
-  _validation.in_range("quantile", quantile, 0.0, 1.0, low_open=True)
-  _validation.one_of("threshold_method", threshold_method, outliers.METHODS)
-  _validation.in_range("threshold_rank_tolerance", threshold_rank_tolerance, 0.0, 1.0, high_open=True)
-  if consistent_rms is not None:
-    _validation.in_range("consistent_rms", consistent_rms, 0.0, math.inf, low_open=True)
-  _validation.float_dtype("compute_dtype", compute_dtype)
-  _validation.float_dtype("mu_dtype", mu_dtype)
-  _validation.bool_tree("weight_decay_mask", weight_decay_mask)
-  if param_labels is not None and not callable(param_labels):
-    labels_lib.resolve_labels(param_labels, None)
-  _validation.at_least("weight_decay", weight_decay, 0.0)
-  if adam_weight_decay is not None:
-    _validation.at_least("adam_weight_decay", adam_weight_decay, 0.0)
+  # The arguments that go straight to optax (which does not check them).
+  for name, value in (("learning_rate", learning_rate), ("adam_learning_rate", adam_learning_rate),
+                      ("weight_decay", weight_decay), ("adam_weight_decay", adam_weight_decay),
+                      ("adam_eps_root", adam_eps_root)):
+    if value is not None:
+      _validation.at_least(name, value, 0.0)
   for name, b in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
     _validation.in_range(name, b, 0.0, 1.0, high_open=True)
   _validation.in_range("adam_eps", adam_eps, 0.0, math.inf, low_open=True)
   _validation.boolean("adam_nesterov", adam_nesterov)
-  _validation.boolean("adaptive", adaptive)
-  _validation.at_least("adam_eps_root", adam_eps_root, 0.0)
+  _validation.bool_tree("weight_decay_mask", weight_decay_mask)
+  if param_labels is not None and not callable(param_labels):
+    labels_lib.resolve_labels(param_labels, None)
   dimensions.validate_spec(muon_weight_dimension_numbers, "muon_weight_dimension_numbers")
-  dims_fn = _root_branch_dimension_numbers(muon_weight_dimension_numbers)
-  mask = _branch_mask(weight_decay_mask)
+  dims = labels_lib.branch_dimension_numbers(muon_weight_dimension_numbers)
+  mask = labels_lib.branch_mask(weight_decay_mask)
 
   def clip(p, multiplier, fixed, name):
     return sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
         p, fixed, threshold_method, multiplier=multiplier,
-        rank_tolerance=threshold_rank_tolerance, weight_dimension_numbers=dims_fn,
+        rank_tolerance=threshold_rank_tolerance, weight_dimension_numbers=dims,
         track_outliers=True, name=name))
 
   stages = []
   if not _is_off(outlier_gate, math.inf):
-    stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers"))
+    with _validation.argument_names(**_GATE_NAMES):
+      stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers"))
   if not _is_off(burst_factor, math.inf):
-    stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims_fn))
-  stages.append(momentum_lib.trace(beta, nesterov, mu_dtype))
+    with _validation.argument_names(**_BURST_NAMES):
+      stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims))
+  with _validation.argument_names(**_MOMENTUM_NAMES):
+    stages.append(momentum_lib.trace(beta, nesterov, mu_dtype))
   if not _is_off(quantile, 1.0) or threshold is not None:
-    stages.append(clip(quantile, 1.0, threshold, "momentum_outliers"))
-  if consistent_rms is None:
-    scaling, rms = scaling_lib.SPECTRAL, 0.2
-  else:
-    scaling, rms = scaling_lib.RMS, consistent_rms
+    with _validation.argument_names(**_THRESHOLD_NAMES):
+      stages.append(clip(quantile, 1.0, threshold, "momentum_outliers"))
+  with _validation.argument_names(**_ORTHOGONALIZE_NAMES):
+    stages.append(orthogonalize.ada_newton_orthogonalize(
+        ns_coeffs, ns_steps, orthogonalize.normalization_for(preconditioning), eps, compute_dtype,
+        weight_dimension_numbers=dims, sharding=sharding, cache_dir=calibration_cache_dir,
+        adaptive=adaptive))
+  mode, rms = (scaling_lib.SPECTRAL, 0.2) if consistent_rms is None else (scaling_lib.RMS, consistent_rms)
+  with _validation.argument_names(**_SCALING_NAMES):
+    stages.append(scaling_lib.scale_by_shape(mode, rms, weight_dimension_numbers=dims))
   root_chain = optax.chain(
       *stages,
-      orthogonalize.ada_newton_orthogonalize(
-          ns_coeffs, ns_steps, normalization, eps, compute_dtype,
-          weight_dimension_numbers=dims_fn, sharding=sharding,
-          cache_dir=calibration_cache_dir, adaptive=adaptive),
-      scaling_lib.scale_by_shape(scaling, rms, weight_dimension_numbers=dims_fn),
       optax.add_decayed_weights(weight_decay, mask),
       optax.scale_by_learning_rate(learning_rate),
   )
@@ -364,7 +282,7 @@ def root(
       mask=mask, mu_dtype=mu_dtype, nesterov=adam_nesterov)
   partition = optax.partition(
       {labels_lib.ROOT: root_chain, labels_lib.ADAM: adam},
-      _labels_fn(param_labels, muon_weight_dimension_numbers))
+      labels_lib.labels_fn(param_labels, muon_weight_dimension_numbers))
   logged = [False]
 
   def init_fn(params):

@@ -17,7 +17,7 @@ import optax
 
 from root_optax import _validation
 from root_optax import dimensions
-from root_optax import outliers
+from root_optax import stacking
 
 
 class BurstStats(NamedTuple):
@@ -98,26 +98,21 @@ def clip_bursts(
   def init_fn(params):
     def stats(leaf, dims):
       batch, rows, cols = dimensions.matrix_shape(leaf.shape, dims)
-      return BurstStats(outliers.matrix_shape_array(rows, cols),
+      return BurstStats(stacking.matrix_shape_array(rows, cols),
                         jnp.zeros([batch], jnp.float32), jnp.zeros([batch], jnp.int32))
     entries, treedef = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
-    return ClipBurstsState({"bursts": outliers.trees_of_fields(BurstStats, entries, treedef)})
+    return ClipBurstsState({"bursts": stacking.trees_of_fields(BurstStats, entries, treedef)})
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = dimensions.resolve(weight_dimension_numbers, updates)
-    olds = outliers.per_leaf_entries(state.stats["bursts"], treedef)
-    new_leaves, new_stats = list(leaves), list(olds)
-    for i, (leaf, d, old) in enumerate(zip(leaves, dims, olds)):
-      if d is None:
-        continue
-      m = dimensions.to_matrices(leaf, d)
-      norm = outliers.frobenius_norms(m)
-      scale, ema, burst = _burst_step(norm, old.norm_ema, factor, decay)
-      new_leaves[i] = dimensions.from_matrices(m * scale.astype(m.dtype)[:, None, None], leaf.shape, d)
-      new_stats[i] = BurstStats(old.matrix_shape, ema, old.caught + burst.astype(jnp.int32))
-    stats = {"bursts": outliers.trees_of_fields(BurstStats, new_stats, treedef)}
-    return jax.tree.unflatten(treedef, new_leaves), ClipBurstsState(stats)
+    views = stacking.matrix_leaves(updates, weight_dimension_numbers)
+    olds = stacking.per_leaf_entries(state.stats["bursts"], views.treedef)
+    outs, new_stats = [], list(olds)
+    for i, m in zip(views.indices, views.matrices):
+      scale, ema, burst = _burst_step(stacking.frobenius_norms(m), olds[i].norm_ema, factor, decay)
+      outs.append(m * scale.astype(m.dtype)[:, None, None])
+      new_stats[i] = BurstStats(olds[i].matrix_shape, ema, olds[i].caught + burst.astype(jnp.int32))
+    stats = {"bursts": stacking.trees_of_fields(BurstStats, new_stats, views.treedef)}
+    return views.rebuild(outs), ClipBurstsState(stats)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -84,6 +84,70 @@ def mask_like(mask: Any, updates: Any) -> Any:
       lambda u, m: u if is_masked(u) else m, updates, mask, is_leaf=is_masked)
 
 
+def labels_fn(param_labels: LabelsOrFn, weight_dimension_numbers: dimensions.WeightDimNumOrFn
+              ) -> Callable[[Any], Any]:
+  """The labels `root()` partitions by: ``param_labels``, else from the dimension numbers, else by rank.
+
+  The returned callable also rejects complex leaves labelled ``'root'``.
+  """
+  if param_labels is not None:
+    labels_of = lambda params: resolve_labels(param_labels, params)
+  elif weight_dimension_numbers is not None:
+    labels_of = lambda params: labels_from_dimension_numbers(weight_dimension_numbers, params)
+  else:
+    labels_of = default_labels
+
+  def labels(params):
+    tree = labels_of(params)
+    _check_real_root_leaves(params, tree)
+    return tree
+  return labels
+
+
+def _check_real_root_leaves(params: Any, labels: Any) -> None:
+  """ROOT's clip and Newton-Schulz are defined for real matrices only."""
+  labelled, treedef = jax.tree_util.tree_flatten_with_path(labels)
+  for (path, label), sub in zip(labelled, treedef.flatten_up_to(params)):
+    complex_leaves = [p for p in jax.tree.leaves(sub) if jnp.iscomplexobj(p)]
+    if label == ROOT and complex_leaves:
+      raise TypeError(
+          f"parameter {jax.tree_util.keystr(path)} has complex dtype {complex_leaves[0].dtype}; ROOT "
+          f"leaves must be real (the outlier clip needs an order, Newton-Schulz a "
+          f"real Gram matrix). Label it {ADAM!r} with param_labels.")
+
+
+def branch_dimension_numbers(weight_dimension_numbers: dimensions.WeightDimNumOrFn
+                             ) -> Callable[[Any], Any]:
+  """Dimension numbers for the leaves `optax.partition` sends to the ROOT branch.
+
+  Inside the branch, AdamW leaves are `optax.MaskedNode`; a user's tree of
+  dimension numbers is aligned with that, and a ROOT leaf without dimension
+  numbers must be 2-D.
+  """
+  def dims_for(updates):
+    spec = weight_dimension_numbers
+    if callable(spec) and not dimensions.is_dimension_numbers(spec):
+      spec = spec(updates)
+    if spec is not None and not dimensions.is_dimension_numbers(spec):
+      spec = mask_like(spec, updates)
+    leaves, treedef = jax.tree.flatten(updates)
+    per_leaf = dimensions.resolve(spec, updates)
+    for leaf, dims in zip(leaves, per_leaf):
+      if dims is None:
+        raise ValueError(
+            f"a leaf of shape {leaf.shape} is labelled {ROOT!r} but is not 2-D; give it "
+            f"muon_weight_dimension_numbers or label it {ADAM!r}")
+    return jax.tree.unflatten(treedef, per_leaf)
+  return dims_for
+
+
+def branch_mask(mask: Any) -> Any:
+  """A weight-decay mask (tree, callable or None) usable inside an `optax.partition` branch."""
+  if mask is None or callable(mask):
+    return mask
+  return lambda params: mask_like(mask, params)
+
+
 def shape_groups(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any]) -> dict[tuple, list[int]]:
   """Groups matrix batches by ``(min(rows, cols), max(rows, cols), dtype)``.
 

@@ -1,5 +1,6 @@
 """AdaNewton: shape-specialised, batched Newton-Schulz over a parameter tree."""
 
+import functools
 import logging
 import os
 import sys
@@ -15,12 +16,30 @@ from root_optax import calibration
 from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
-from root_optax import labels as labels_lib
 from root_optax import newton_schulz as ns_lib
 from root_optax import sharding as sharding_lib
+from root_optax import stacking
 
 logger = logging.getLogger("root_optax")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+# optax Muon's preconditioning names -> the Newton-Schulz normalisations.
+PRECONDITIONINGS = {
+    "frobenius": "frobenius",
+    "schatten": "schatten4",
+    "schatten4": "schatten4",
+    "aol": "aol",
+    "spectral": "spectral",
+}
+
+
+def normalization_for(preconditioning: Optional[str]) -> Optional[str]:
+  """The ``normalization`` of optax Muon's ``preconditioning`` name (None stays None)."""
+  if preconditioning is None:
+    return None
+  _validation.one_of("preconditioning", preconditioning, tuple(PRECONDITIONINGS))
+  return PRECONDITIONINGS[preconditioning]
 
 
 def _fits(coeffs, ns_steps: int) -> bool:
@@ -176,31 +195,25 @@ def ada_newton_orthogonalize(
       reported[0] = True
       _report(table, missing, fitted)
 
-  def coefficients_for(key):
-    return resolved[key[:2]]
-  def orthogonalize(stack, key):
+  def orthogonalize(key, stack):
     out = ns_lib.newton_schulz(
-        stack, coefficients_for(key), normalization=normalization, eps=eps,
+        stack, resolved[key.shape], normalization=normalization, eps=eps,
         compute_dtype=compute_dtype, precision=precision)
     return _scale_by_dual_norm(stack, out) if adaptive else out
 
-  def orthogonalize_all(mats, place):
-    stacks, plan = labels_lib.stack_groups(mats)
-    resolve([key[:2] for key in stacks])
-    results = {key: place(lambda s, k=key: orthogonalize(s, k), stack) for key, stack in stacks.items()}
+  def orthogonalize_matrices(mats, mesh, specs):
+    stacks, plan = stacking.stack(mats, specs)
+    resolve([key.shape for key in stacks])
+    results = sharding_lib.run_stacks(stacks, orthogonalize, mesh)
     # One device: nothing is sharded, so the cuts may use opaque offsets.
-    return labels_lib.unstack_groups(results, plan, mats, opaque_offsets=jax.device_count() == 1)
+    return stacking.unstack(results, plan, mats, opaque_offsets=jax.device_count() == 1)
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = dimensions.resolve(weight_dimension_numbers, updates)
-    picked = [i for i, d in enumerate(dims) if d is not None]
-    mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
-    outs = sharding_lib.map_groups(orthogonalize_all, mats, sharding)
-    new_leaves = list(leaves)
-    for i, out in zip(picked, outs):
-      new_leaves[i] = dimensions.from_matrices(out, leaves[i].shape, dims[i])
-    return jax.tree.unflatten(treedef, new_leaves), state
+    views = stacking.matrix_leaves(updates, weight_dimension_numbers)
+    mesh = sharding_lib.find_mesh(sharding, views.matrices)
+    specs = sharding_lib.stack_specs(views.matrices, mesh)
+    run = functools.partial(orthogonalize_matrices, mesh=mesh, specs=specs)
+    return views.rebuild(sharding_lib.keep_shardings(run, views.matrices)), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

@@ -9,11 +9,12 @@ reference multiplies it by ``0.2 sqrt(max(m, n))`` so its RMS matches AdamW's
 import math
 from typing import Optional
 
-import jax
+import jax.numpy as jnp
 import optax
 
 from root_optax import _validation
 from root_optax import dimensions
+from root_optax import stacking
 
 RMS = "rms"
 SPECTRAL = "spectral"
@@ -58,15 +59,11 @@ def scale_by_shape(
   _validation.in_range("rms", rms, 0.0, math.inf, low_open=True)
   dimensions.validate_spec(weight_dimension_numbers)
 
+  def scale(mats):
+    return [m * jnp.asarray(shape_scale(*m.shape[-2:], mode, rms), m.dtype) for m in mats]
+
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = dimensions.resolve(weight_dimension_numbers, updates)
-    scaled = [
-        u if d is None else u * jax.numpy.asarray(
-            shape_scale(*dimensions.fan_in_out(u.shape, d), mode, rms), u.dtype)
-        for u, d in zip(leaves, dims)
-    ]
-    return jax.tree.unflatten(treedef, scaled), state
+    return stacking.map_matrices(scale, updates, weight_dimension_numbers), state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)

@@ -12,8 +12,7 @@ at most two all-to-alls each way per shape group and step, independent of the
 number of Newton-Schulz iterations (see ``docs/sharding.md``).
 """
 
-import math
-import re
+import functools
 from collections.abc import Callable, Sequence
 from typing import Optional, Union
 
@@ -195,52 +194,50 @@ def shard_batch(fn: Callable[[jax.Array], jax.Array], stack: jax.Array,
   return stack[:batch]
 
 
-def _whole(fn: Callable[[jax.Array], jax.Array], stack: jax.Array) -> jax.Array:
-  return fn(stack)
+def stack_specs(mats: Sequence[jax.Array], mesh: Optional[AnyMesh]) -> list[Optional[Spec]]:
+  """Per matrix batch, the split tag of its stack (`stacking.GroupKey.split`).
+
+  On the sharded path, its `oriented_spec`: a stack needs one sharding to
+  start from, so matrices of one shape but different shardings are stacked
+  apart. On the plain path (no mesh) None: every matrix of a shape in one stack.
+  """
+  if mesh is None:
+    return [None] * len(mats)
+  return [oriented_spec(m) for m in mats]
 
 
-def _by_sharding(run: Callable, mats: list[jax.Array], specs: list[Optional[Spec]],
-                 mesh: AnyMesh) -> list[jax.Array]:
-  """Runs ``run`` once per distinct sharding, so that each stack has one to start from."""
-  subsets: dict = {}
-  for i, spec in enumerate(specs):
-    subsets.setdefault(spec, []).append(i)
-  outs = [None] * len(mats)
-  for spec, members in subsets.items():
-    place = lambda fn, stack, spec=spec: shard_batch(fn, stack, mesh, spec)
-    for i, out in zip(members, run([mats[i] for i in members], place)):
-      outs[i] = out
-  return outs
+def run_stacks(stacks: dict, fn: Callable, mesh: Optional[AnyMesh]) -> dict:
+  """Where each stack runs: ``fn(key, stack)`` for each stack of ``stacks``.
 
-
-def map_groups(run: Callable[[list, Callable], list], mats: list[jax.Array],
-               sharding: ShardingSpec) -> list[jax.Array]:
-  """Runs a stacked, per-matrix computation on the default or the sharded path.
-
-  ``run(mats, place)`` stacks ``mats`` into groups and computes each group's
-  ``stack`` as ``place(fn, stack)``. On the default path (no mesh found)
-  ``place`` calls ``fn(stack)`` and XLA partitions it; on the sharded path
-  matrices of different shardings are run separately and ``place`` is
-  `shard_batch`. Either way each output gets its input's sharding back when
-  the types carry one (Explicit mesh axes).
+  With no mesh, ``fn`` runs on the whole stack and XLA partitions it; with a
+  mesh, `shard_batch` runs it on whole matrices per device, starting from the
+  sharding in the stack's key (`stack_specs`).
 
   Args:
-    run: ``(mats, place) -> outputs``, one output per matrix, same shapes.
-    mats: ``(batch, rows, cols)`` matrix batches.
-    sharding: None, ``'auto'`` or a mesh; see `find_mesh`.
+    stacks: ``{stacking.GroupKey: (batch, m, n) stack}``.
+    fn: ``(key, stack) -> result`` of the stack's shape, per matrix.
+    mesh: From `find_mesh`.
 
   Returns:
-    The outputs of ``run``, in the order of ``mats``.
+    ``{key: result}``.
   """
-  mesh = find_mesh(sharding, mats)
-  specs = [oriented_spec(m) for m in mats]
+  return {key: shard_batch(functools.partial(fn, key), stack, mesh, key.split)
+          for key, stack in stacks.items()}
 
-  def body(inner):
-    if mesh is None:
-      return run(inner, _whole)
-    return _by_sharding(run, inner, specs, mesh)
 
-  return keep_shardings(body, mats)
+def is_distributed(m: jax.Array) -> bool:
+  """True when ``m`` is sharded in its type or traced under a multi-device mesh.
+
+  Such matrices are neither concatenated with others nor sampled by the
+  outlier threshold (either could gather them), and reductions over them
+  become all-reduces of per-device partial results.
+  """
+  sharding = getattr(jax.typeof(m), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  if spec is not None and not sharding.mesh.empty and any(s is not None for s in spec):
+    return True
+  context = jax.sharding.get_abstract_mesh()
+  return not context.empty and context.size > 1
 
 
 def keep_shardings(fn: Callable[[list], list], mats: list[jax.Array]) -> list[jax.Array]:
@@ -290,30 +287,3 @@ def with_auto_axes(tx: optax.GradientTransformation) -> optax.GradientTransforma
         lambda u, s, p: tx.update(u, s, p), out_sharding=out_sharding)(updates, state, params)
 
   return optax.GradientTransformation(tx.init, update_fn)
-
-
-_COLLECTIVES = ("all-gather", "all-to-all", "all-reduce", "collective-permute", "reduce-scatter")
-_HLO_COLLECTIVE = re.compile(
-    r"=\s+(.*?)\s+(" + "|".join(_COLLECTIVES) + r")(?:-start)?\(")
-_HLO_ARRAY = re.compile(r"\b(pred|[a-z]+(\d+))\[([0-9,]*)\]")
-
-
-def collective_stats(hlo_text: str) -> dict[str, tuple[int, int]]:
-  """Counts the collectives of a compiled (partitioned) HLO module and their bytes.
-
-  Args:
-    hlo_text: ``jax.jit(f).lower(...).compile().as_text()``.
-
-  Returns:
-    ``{op: (count, bytes)}`` per collective kind, where ``bytes`` sums the
-    per-device result sizes (what each device receives, up to the collective's
-    own algorithm). Collectives inside a loop body are counted once.
-  """
-  stats = {}
-  for result, op in _HLO_COLLECTIVE.findall(hlo_text):
-    nbytes = 0
-    for _, bits, dims in _HLO_ARRAY.findall(result):
-      nbytes += math.prod(int(d) for d in dims.split(",") if d) * max(int(bits or 8) // 8, 1)
-    count, total = stats.get(op, (0, 0))
-    stats[op] = (count + 1, total + nbytes)
-  return stats

@@ -34,7 +34,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 from optax.contrib import MuonDimensionNumbers  # noqa: E402
 
 import root_optax  # noqa: E402
-from root_optax import sharding as sharding_lib  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import hlo_stats  # noqa: E402  (benchmarks/hlo_stats.py)
 
 warnings.filterwarnings("ignore", message="root_optax: no ")
 # float32 updates of size ~0.2: the default 'auto' coefficients (Schatten-4, first
@@ -198,7 +200,7 @@ def case_updates(reference, mesh_shape, sharding, axis_type=AxisType.Explicit, c
   updates, new_params, state, traces, compiles, step = run_steps(tx, params, mesh=mesh)
   if collectives is not None:  # from the executable cache: no new compilation
     hlo = step.lower(new_params, state, jnp.float32(0)).compile().as_text()
-    collectives.update(sharding_lib.collective_stats(hlo))
+    collectives.update(hlo_stats.collective_stats(hlo))
   ref_updates, ref_params = reference
   diffs = {layout: max(max_diff(updates[layout], ref_updates[layout]),
                        max_diff(new_params[layout], ref_params[layout])) for layout in LAYOUTS}
@@ -235,7 +237,7 @@ def case_fast_quantile_collectives():
     fn = lambda ms: jax.sharding.auto_axes(
         lambda ms: root_optax.fast_abs_quantiles(ms, 0.9), out_sharding=[P()] * 3)(ms)
     compiled = compile_fn(fn, mats)
-    stats = sharding_lib.collective_stats(compiled.as_text())
+    stats = hlo_stats.collective_stats(compiled.as_text())
     got = compiled(mats)
     want = [np.quantile(np.abs(np.asarray(m)).reshape(m.shape[:-2] + (-1,)), 0.9, axis=-1)
             for m in mats]

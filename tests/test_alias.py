@@ -234,6 +234,23 @@ def test_invalid_hyperparameters(kwargs, name):
     root_optax.root(0.01, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, name", [
+    ({"outlier_gate": 0.5}, "outlier_gate"), ({"burst_factor": 1.0}, "burst_factor"),
+    ({"burst_decay": 1.0}, "burst_decay"), ({"beta": -0.5}, "beta"), ({"mu_dtype": "int32"}, "mu_dtype"),
+    ({"consistent_rms": 0.0}, "consistent_rms"), ({"threshold_method": "sort", "quantile": 0.9}, "threshold_method"),
+    ({"variant": "paper", "threshold_rank_tolerance": 1.0}, "threshold_rank_tolerance"),
+])
+def test_errors_of_inner_transforms_name_roots_arguments(kwargs, name):
+  """Each stage is checked where it is built, under root()'s name for the argument."""
+  inner = {"outlier_gate": "multiplier", "burst_factor": "factor", "burst_decay": "decay", "beta": "decay",
+           "mu_dtype": "accumulator_dtype", "consistent_rms": "rms", "threshold_method": "method",
+           "threshold_rank_tolerance": "rank_tolerance"}[name]
+  with pytest.raises((ValueError, TypeError)) as error:
+    root_optax.root(0.01, **kwargs)
+  assert str(error.value).startswith(name + " "), str(error.value)
+  assert not str(error.value).startswith(inner + " ")
+
+
 def test_trains_a_least_squares_problem():
   rng = np.random.default_rng(12)
   a = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)

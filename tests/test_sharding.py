@@ -24,6 +24,9 @@ from jax.sharding import PartitionSpec as P
 
 from root_optax import sharding as sharding_lib
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import hlo_stats  # noqa: E402  (benchmarks/hlo_stats.py)
+
 _HERE = pathlib.Path(__file__).resolve().parent
 _ROOT = _HERE.parent
 _WORKER_TIMEOUT_S = 600
@@ -134,6 +137,6 @@ def test_collective_stats_parses_hlo():
   %ars = f32[4]{0} all-reduce-start(f32[4]{0} %z), to_apply=%add
   %add = f32[8,64]{1,0} add(%ag, %ag)
   """
-  stats = sharding_lib.collective_stats(hlo)
+  stats = hlo_stats.collective_stats(hlo)
   assert stats == {"all-gather": (1, 8 * 64 * 4), "all-reduce": (2, 3 * 4 + 4 * 4),
                    "all-to-all": (1, 2 * 2 * 4 * 2)}
