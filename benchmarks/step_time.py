@@ -6,8 +6,10 @@ Both optimizers run 5 Newton-Schulz steps of the same cost (ROOT with
 Nesterov momentum 0.95, weight decay 0.1, RMS scaling 0.2, and send the
 embeddings and non-matrix leaves to AdamW. ROOT adds its outlier threshold
 (``threshold_method``, default ``'fast'``, and its ``threshold_rank_tolerance``,
-default 0). Timings alternate between the two
-optimizers in one process; the ratio is the median of the per-pair ratios.
+default 0). Timings alternate between the two optimizers and the bare
+batched `newton_schulz` of the same matrix stacks (``bare_ns_s``: the floor
+of the step, ``root_over_bare``: ROOT's overhead over it) in one process;
+each ratio is the median of the per-pair ratios.
 
   python benchmarks/step_time.py            # gpt-12x768, gpt-48x256 (~6 min on a quiet 2-core CPU)
   python benchmarks/step_time.py --quick    # small trees, ~1-2 min
@@ -25,7 +27,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
+
+import root_optax
+from root_optax import coefficients as coefficients_lib
 
 import _harness
 import _trees
@@ -68,6 +74,28 @@ def _fresh_compile_seconds(tree: str, key: str, args) -> float:
   return json.loads(out.strip().splitlines()[-1])["compile_s"]
 
 
+def _bare_newton_schulz(spec, args):
+  """The same stacks through the bare batched `newton_schulz`, with nothing else.
+
+  One ``(count, min, max)`` float32 stack per shape of the matrices ROOT
+  trains, the coefficients of ``--coefficients`` at 5 steps (or Muon's
+  triple where that table has no entry), one jitted call: the floor of a
+  ROOT step that orthogonalises these matrices.
+  """
+  table = root_optax.load_coefficients(args.coefficients)
+  counts: dict = {}
+  for (rows, cols), count in _trees.matrix_shapes(spec).items():
+    key = (min(rows, cols), max(rows, cols))
+    counts[key] = counts.get(key, 0) + count
+  keys = jax.random.split(jax.random.PRNGKey(2), len(counts))
+  stacks = {f"{m}x{n}": jax.random.normal(k, (c, m, n), jnp.float32)
+            for k, ((m, n), c) in zip(keys, counts.items())}
+  coeffs = {f"{m}x{n}": coefficients_lib.steps_schedule(table.lookup((m, n))[0], 5) for m, n in counts}
+  fn = jax.jit(lambda xs: {k: root_optax.newton_schulz(x, coeffs[k]) for k, x in xs.items()})
+  compiled = fn.lower(stacks).compile()
+  return lambda: compiled(stacks)
+
+
 def _optimizers(args) -> dict:
   return {
       "root": lambda: _trees.root_optimizer(
@@ -77,14 +105,15 @@ def _optimizers(args) -> dict:
   }
 
 
-def _interleaved_times(optimizers, params, grads, args, compile_s) -> dict:
-  """Compiles every optimizer, then times their steps alternately."""
+def _interleaved_times(optimizers, params, grads, args, compile_s, bare) -> dict:
+  """Compiles every optimizer, then times their steps and the bare kernel alternately."""
   compiled = {}
   for _ in range(args.compile_repeats):
     for key, make_tx in optimizers.items():
       seconds, compiled[key], _ = _compile(make_tx(), params, grads)
       compile_s[key].append(seconds)
   runs = {key: _runner(compiled[key], params, optimizers[key]().init(params), grads) for key in optimizers}
+  runs["bare"] = bare
   for run in runs.values():  # warm-up: first execution allocates
     _harness.block(run())
   return _harness.interleaved(runs, args.repeats)
@@ -96,6 +125,7 @@ def bench_tree(name: str, args) -> dict:
   grads = _trees.make(spec, seed=1, scale=1.0)
   optimizers = _optimizers(args)
   compile_s = {k: [] for k in optimizers}
+  bare = _bare_newton_schulz(spec, args)
   if args.sequential:
     times = {}
     for key, make_tx in optimizers.items():
@@ -106,8 +136,10 @@ def bench_tree(name: str, args) -> dict:
       _harness.block(run())  # warm-up: first execution allocates
       times[key] = [_harness.timed(run) for _ in range(args.repeats)]
       del compiled, state, run  # frees this optimizer's buffers before the next one
+    _harness.block(bare())
+    times["bare"] = [_harness.timed(bare) for _ in range(args.repeats)]
   else:
-    times = _interleaved_times(optimizers, params, grads, args, compile_s)
+    times = _interleaved_times(optimizers, params, grads, args, compile_s, bare)
   if args.fresh_compiles:
     compile_s = {k: [] for k in optimizers}
     for i in range(args.fresh_compiles):  # alternating order: neither always goes first
@@ -121,6 +153,9 @@ def bench_tree(name: str, args) -> dict:
       "muon_step_s": _harness.median(times["muon"]),
       "step_ratio": (_harness.median(times["root"]) / _harness.median(times["muon"]) if args.sequential
                      else _harness.paired_ratio(times["root"], times["muon"])),
+      "bare_ns_s": _harness.median(times["bare"]),
+      "root_over_bare": (_harness.median(times["root"]) / _harness.median(times["bare"]) if args.sequential
+                         else _harness.paired_ratio(times["root"], times["bare"])),
       "root_compile_s": _harness.median(compile_s["root"]),
       "muon_compile_s": _harness.median(compile_s["muon"]),
       "compile_ratio": _harness.paired_ratio(compile_s["root"], compile_s["muon"]),
@@ -156,10 +191,11 @@ def main():
     results.append(bench_tree(name, args))
     r = results[-1]
     print(f"{name}: root {r['root_step_s']:.3f}s muon {r['muon_step_s']:.3f}s "
-          f"ratio {r['step_ratio']:.3f}; compile ratio {r['compile_ratio']:.3f}", flush=True)
+          f"ratio {r['step_ratio']:.3f}; bare NS {r['bare_ns_s']:.3f}s, root/bare {r['root_over_bare']:.3f}; "
+          f"compile ratio {r['compile_ratio']:.3f}", flush=True)
   _harness.print_table(results, [
-      "tree", "matrices", "leaves", "root_step_s", "muon_step_s", "step_ratio",
-      "root_compile_s", "muon_compile_s", "compile_ratio"],
+      "tree", "matrices", "leaves", "root_step_s", "muon_step_s", "step_ratio", "bare_ns_s",
+      "root_over_bare", "root_compile_s", "muon_compile_s", "compile_ratio"],
       f"root(threshold_method={args.threshold_method!r}, "
       f"threshold_rank_tolerance={args.threshold_rank_tolerance}) vs optax.contrib.muon, "
       f"median of {args.repeats} interleaved steps; compile times "
