@@ -8,7 +8,7 @@ by seed with Muon. ROOT's ablations (each fix alone) are in
 3 seeds and stays under 10 minutes on a 2-core CPU (4 runs x 3 seeds x 300
 steps in two single-threaded workers). Regenerate (from the repository root)::
 
-  python examples/train_lm.py --config configs/lm.py
+  python -m examples.lm.main --config configs/lm.py
 
 Learning rates: the best final validation loss of each family in
 ``configs/lm_sweep.py`` (150 steps; AdamW 1e-3, Muon 3e-2, ROOT 3e-2, all
@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train_loss_window = 30
   c.optim = ml_collections.ConfigDict(dict(warmup=30, weight_decay=0.1, b1=0.9, b2=0.95))
   # Gradient corruption (robustness experiment); runs may override `kind`.
-  # See `examples.common.inject_noise`.
+  # See `examples.common.noise.inject_noise`.
   c.noise = ml_collections.ConfigDict(dict(
       kind="none", fraction=1e-3, spike_scale=100.0, t_scale=0.5, df=2.0,
       burst_prob=0.01, burst_scale=30.0))

@@ -11,7 +11,7 @@ The same model, data, schedule, rate (ROOT's, as the paper does) and seeds as
 ``configs/lm.py``; 4 runs x 3 seeds of 300 steps, about 6 minutes on an idle 2-core
 CPU (two workers). Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_ablations.py
+  python -m examples.lm.main --config configs/lm_ablations.py
 """
 
 import ml_collections

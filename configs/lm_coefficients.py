@@ -13,7 +13,7 @@ optax Muon is the baseline of the paired comparison. The same model, data,
 schedule, rate and seeds as ``configs/lm.py``; 5 runs x 3 seeds of 300 steps,
 about 9 minutes on a 2-core CPU (two workers). Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_coefficients.py
+  python -m examples.lm.main --config configs/lm_coefficients.py
 """
 
 import ml_collections

@@ -5,7 +5,7 @@ every seed in ``seeds`` (seed s: the same initialisation, batches and
 corruption pattern for every family). The corruption is applied to the
 gradients the optimizer receives, and depends only on (seed, step), so every
 optimizer sees the same; the loss is always measured on clean data (see
-`examples.common.inject_noise`):
+`examples.common.noise.inject_noise`):
 
 * 'spikes': 0.1% of the entries of every gradient leaf get an added
   +-100 x rms(leaf) (random sign), every step (~65 entries of a 128x512 matrix);
@@ -23,7 +23,7 @@ paired by seed; mean ± SE) and the damage against Muon's. 4 families x 4 kinds
 x 3 seeds = 48 runs of 300 steps, about 25 minutes on a 2-core CPU (two
 workers). Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_outliers.py
+  python -m examples.lm.main --config configs/lm_outliers.py
 """
 
 import ml_collections

@@ -6,7 +6,7 @@ largest entry), all at ROOT's rate from ``configs/lm.py``, each for the seeds
 of ``configs/lm.py`` (mean ± std; paired differences from p = 0.9). 15 runs of
 300 steps, about 8 minutes on a 2-core CPU (two workers). Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_quantile.py
+  python -m examples.lm.main --config configs/lm_quantile.py
 """
 
 import ml_collections

@@ -16,7 +16,7 @@ comparison is against optax Muon on the same noise. 8 families x 2 kinds x 3
 seeds = 48 runs of 300 steps, about 31 minutes on a 2-core CPU (two workers).
 Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_robust_settings.py
+  python -m examples.lm.main --config configs/lm_robust_settings.py
 """
 
 import math

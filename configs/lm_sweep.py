@@ -7,7 +7,7 @@ validation loss (mean over the seeds of ``configs/lm.py``) is copied into
 ``configs/lm.py``'s ``LR``. The ROOT ablations reuse ROOT's rate. 13 runs x 3
 seeds of 150 steps, about 11 minutes on a 2-core CPU with two workers. Regenerate with::
 
-  python examples/train_lm.py --config configs/lm_sweep.py
+  python -m examples.lm.main --config configs/lm_sweep.py
 """
 
 import ml_collections

@@ -2,7 +2,7 @@
 
 The analogue of the paper's Table 3. Regenerate with::
 
-  python examples/train_vision.py --config configs/vision.py
+  python -m examples.vision.main --config configs/vision.py
 
 Learning rates: ``configs/vision_sweep.py`` (3-point grid per family, 2 seeds);
 every ROOT variant uses ROOT's rate.

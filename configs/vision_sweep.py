@@ -4,7 +4,7 @@ AdamW, optax Muon and ROOT (p = 0.90) on a 3-point grid each, 2 seeds, the
 same epochs and model; the rate with the best mean test accuracy (ties: lower
 test loss) goes into ``configs/vision.py``. Regenerate with::
 
-  python examples/train_vision.py --config configs/vision_sweep.py
+  python -m examples.vision.main --config configs/vision_sweep.py
 """
 
 import ml_collections

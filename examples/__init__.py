@@ -1,1 +1,1 @@
-"""Runnable examples: `python examples/train_lm.py` or `python -m examples.train_lm`."""
+"""Runnable examples, one folder per task: `python -m examples.lm.main` (repository root)."""

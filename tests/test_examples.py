@@ -1,13 +1,12 @@
-"""Examples: `--quick` smoke runs of both scripts, configs, data, gradient noise, seeded statistics."""
+"""The examples' shared code: configs, optimizers, data, gradient noise, seeded statistics.
 
-import csv
+The examples' own smoke runs are `examples/*/train_test.py`.
+"""
+
 import importlib
 import inspect
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,130 +17,16 @@ import pytest
 
 import root_optax
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from examples.common import data
+from examples.common import noise as grad_noise
+from examples.common import optimizers
+from examples.common import runtime
+from examples.common import stats
 
-from examples import common  # noqa: E402
-from examples import data  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Every config module (configs/*.py but the helpers).
 CONFIGS = tuple(sorted(p.stem for p in (REPO / "configs").glob("*.py") if not p.stem.startswith("_")))
-
-
-def _run_script(args, workdir, timeout=900):
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("JAX_PLATFORMS", None)  # the scripts choose the CPU themselves
-  proc = subprocess.run([sys.executable, *args, "--quick", "--workdir", str(workdir)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  # Log hygiene: no TPU probe, no progress-bar fragments when not on a terminal.
-  assert "Unable to initialize backend" not in proc.stderr
-  assert "it/s" not in proc.stderr and "\r" not in proc.stderr + proc.stdout
-  with open(workdir / "summary.csv") as f:
-    return proc.stdout, list(csv.DictReader(f))
-
-
-LM_RUNS = ("Muon (optax)", "ROOT")
-
-
-@pytest.fixture(scope="module")
-def lm_quick(tmp_path_factory):
-  """`--quick` on two runs x the default 3 seeds, in the default 2 worker processes."""
-  workdir = tmp_path_factory.mktemp("lm_quick")
-  stdout, rows = _run_script(["examples/train_lm.py", "--config.only", ",".join(LM_RUNS)], workdir)
-  return workdir, stdout, rows
-
-
-def test_train_lm_quick(lm_quick):
-  workdir, stdout, rows = lm_quick
-  # summary.csv: one row per (run, seed), run-major.
-  assert [(r["run"], r["seed"]) for r in rows] == [(n, str(s)) for n in LM_RUNS for s in (0, 1, 2)]
-  for r in rows:
-    # Learned something: below the uniform byte loss ln(256) = 5.545 nats.
-    assert float(r["final_val"]) < math.log(256) - 1.0
-    assert float(r["final_train"]) < math.log(256) - 1.0
-    assert 0.1 < float(r["ms_per_step"]) < 1e4  # a real step time, never 0
-  for name in LM_RUNS:
-    mine = [r for r in rows if r["run"] == name]
-    assert len({r["final_val"] for r in mine}) == 3  # the seeds really differ (init, batches)
-    # The step time leaves out the first step, which compiled (seed 0 comes first).
-    assert float(mine[0]["first_step_s"]) * 1e3 > 5 * float(mine[0]["ms_per_step"])
-  table = (workdir / "table.md").read_text()
-  assert table in stdout  # the printed table is the one written
-  assert "mean ± std over 3 seeds (0, 1, 2)" in table
-  assert "| ROOT | 3 |" in table and "Δ val vs Muon (optax)" in table and "(baseline)" in table
-  root_row = next(line for line in table.splitlines() if line.startswith("| ROOT |"))
-  assert root_row.count("±") == 5  # train, val, ms, and the two paired differences
-  assert "2 single-threaded worker processes" in table
-  assert (workdir / "curves.png").stat().st_size > 0
-  with open(workdir / "curves.csv") as f:
-    curves = list(csv.DictReader(f))
-  assert len(curves) == 2 * 3 * 20  # quick mode: 20 steps per run and seed
-  if _nnx_root_state()[0]:  # the library's diagnostics read an nnx.Optimizer state
-    with open(workdir / "diagnostics.csv") as f:
-      diag = list(csv.DictReader(f))
-    assert {r["run"] for r in diag} == {"ROOT"} and {r["seed"] for r in diag} == {"0", "1", "2"}
-    assert any(r["key"].endswith("clipped_fraction") for r in diag)
-    assert (workdir / "diagnostics.png").stat().st_size > 0
-
-
-def _nnx_root_state():
-  """``(root_optax.diagnostics figures, traces of the step)`` after 3 steps of
-  ``root()`` in an ``nnx.Optimizer``, as `examples/train_lm.py` uses it."""
-  from flax import nnx  # noqa: PLC0415
-  diagnose = getattr(root_optax, "diagnostics", None)
-  if diagnose is None:
-    return {}, None
-  model = nnx.Linear(16, 32, use_bias=False, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, root_optax.root(1e-2), wrt=nnx.Param)
-  traces = []
-
-  @nnx.jit
-  def step(model, optimizer, x):
-    traces.append(1)
-    grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
-    optimizer.update(model, grads)
-
-  for i in range(3):
-    step(model, optimizer, jnp.full((4, 16), 1.0 + i))
-  return diagnose(optimizer.opt_state), len(traces)
-
-
-def test_root_state_round_trips_through_nnx_optimizer():
-  """`root()`'s state keeps its types in an ``nnx.Optimizer``: the step is
-  traced (and compiled) once, and `root_optax.diagnostics` reads the state
-  after any number of steps (what `examples/train_lm.py` logs)."""
-  figures, traces = _nnx_root_state()
-  if traces is None:
-    pytest.skip("root_optax.diagnostics does not exist yet")
-  assert traces == 1, f"the nnx step was traced {traces} times in 3 steps"
-  assert any(k.endswith("clipped_fraction") for k in figures), figures
-
-
-def test_train_lm_in_process_matches_workers(lm_quick, tmp_path):
-  """Everything in one process (the other seed order, a run trained before
-  another on the same seed) gives bit-identical losses to the worker
-  processes: no warm start, no dependence on job order or process."""
-  _, _, parallel = lm_quick
-  _, serial = _run_script(["examples/train_lm.py", "--config.only", "ROOT,Muon (optax)",
-                           "--config.seeds", "(2, 0)", "--config.workers", "0"], tmp_path)
-  key = lambda r: (r["run"], r["seed"])
-  assert sorted(map(key, serial)) == sorted((n, s) for n in LM_RUNS for s in ("0", "2"))
-  reference = {key(r): r for r in parallel}
-  for r in serial:
-    for metric in ("final_train", "final_val"):
-      assert r[metric] == reference[key(r)][metric], (key(r), metric)
-  assert "this process, single-threaded on one core" in (tmp_path / "table.md").read_text()
-
-
-def test_train_vision_quick_as_module(tmp_path):
-  stdout, rows = _run_script(
-      ["-m", "examples.train_vision", "--config.only", "Muon (optax),ROOT p=0.9"], tmp_path)
-  assert [r["run"] for r in rows] == ["Muon (optax)", "ROOT p=0.9"]
-  for r in rows:
-    assert 10.0 < float(r["acc_mean"]) <= 100.0  # above chance (10 classes)
-  assert "acc_mean" in stdout
-  assert (tmp_path / "vision.png").stat().st_size > 0
 
 
 def _tiny_params():
@@ -156,12 +41,15 @@ def _tiny_params():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_builds(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  quick = common.apply_quick(config)  # the quick overrides name existing fields
-  assert quick.to_dict().keys() == config.to_dict().keys()
-  assert common.selected_runs(config) == list(config.runs)
+  if "runs" in config or "quick" in config:  # every comparison has a quick variant
+    quick = runtime.apply_quick(config)  # the quick overrides name existing fields
+    assert quick.to_dict().keys() == config.to_dict().keys()
+  if "runs" not in config:  # configs/pjit.py, configs/multihost.py: one training run
+    return
+  assert runtime.selected_runs(config) == list(config.runs)
   params = _tiny_params()
   for run in config.runs:
-    state = common.make_optimizer(run, config.optim, 10).init(params)
+    state = optimizers.make_optimizer(run, config.optim, 10).init(params)
     assert jax.tree.leaves(state), run.name
 
 
@@ -173,23 +61,23 @@ def _two_steps(tx, params, grads):
 
 def test_muon_and_root_route_embeddings_and_heads_to_adamw():
   params = _tiny_params()
-  dims = common.muon_dimension_numbers(params)
+  dims = optimizers.muon_dimension_numbers(params)
   assert dims["embed"]["embedding"] is None and dims["lm_head"]["kernel"] is None
   assert dims["block"]["kernel"] is not None and dims["block"]["scale"] is None
   # On the embedding, Muon's and ROOT's updates equal AdamW's (same betas, lr, wd).
   grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
   base = ml_collections.ConfigDict(dict(warmup=1, weight_decay=0.1, b1=0.9, b2=0.95))
   second = {
-      opt: _two_steps(common.make_optimizer(
+      opt: _two_steps(optimizers.make_optimizer(
           ml_collections.ConfigDict(dict(optimizer=opt, lr=1e-2, root=dict(ns_coeffs="muon"))),
           base, 10), params, grads)
-      for opt in common.OPTIMIZERS}
+      for opt in optimizers.OPTIMIZERS}
   # optax's muon runs its Adam branch with its own `nesterov` flag (NAdamW).
   second["nadamw"] = _two_steps(optax.adamw(
-      common.schedule(1e-2, 1, 10), b1=0.9, b2=0.95, weight_decay=0.1, nesterov=True),
+      optimizers.schedule(1e-2, 1, 10), b1=0.9, b2=0.95, weight_decay=0.1, nesterov=True),
       params, grads)
-  assert np.abs(second[common.ADAMW]["embed"]["embedding"]).max() > 1e-3
-  for opt, ref in ((common.MUON, "nadamw"), (common.ROOT, common.ADAMW)):
+  assert np.abs(second[optimizers.ADAMW]["embed"]["embedding"]).max() > 1e-3
+  for opt, ref in ((optimizers.MUON, "nadamw"), (optimizers.ROOT, optimizers.ADAMW)):
     adam = second[ref]
     for path in (("embed", "embedding"), ("lm_head", "kernel"), ("block", "scale")):
       np.testing.assert_allclose(second[opt][path[0]][path[1]], adam[path[0]][path[1]],
@@ -205,11 +93,11 @@ def test_muon_and_root_route_embeddings_and_heads_to_adamw():
 def test_unknown_optimizer_and_run_names_raise():
   base = ml_collections.ConfigDict(dict(warmup=1, weight_decay=0.1, b1=0.9, b2=0.95))
   with pytest.raises(ValueError, match="optimizer must be one of"):
-    common.make_optimizer(ml_collections.ConfigDict(dict(optimizer="sgd", lr=1.0)), base, 10)
+    optimizers.make_optimizer(ml_collections.ConfigDict(dict(optimizer="sgd", lr=1.0)), base, 10)
   config = importlib.import_module("configs.lm").get_config()
   config.only = "AdamW,nope"
   with pytest.raises(ValueError, match="nope"):
-    common.selected_runs(config)
+    runtime.selected_runs(config)
 
 
 def _noise(kind, **kw):
@@ -222,7 +110,7 @@ def test_spike_noise_adds_100_rms_to_a_tenth_of_a_percent_of_entries():
   rng = np.random.default_rng(0)
   g = {"w": jnp.asarray(rng.normal(size=(1000, 1000)), jnp.float32),
        "b": jnp.asarray(rng.normal(size=(200_000,)) * 3.0, jnp.float32)}
-  out = common.inject_noise(g, jax.random.key(1), _noise("spikes"))
+  out = grad_noise.inject_noise(g, jax.random.key(1), _noise("spikes"))
   for name, leaf in g.items():
     added = np.asarray(out[name], np.float64) - np.asarray(leaf, np.float64)
     hit = added != 0
@@ -231,9 +119,9 @@ def test_spike_noise_adds_100_rms_to_a_tenth_of_a_percent_of_entries():
     rms = float(np.sqrt(np.mean(np.square(np.asarray(leaf, np.float64)))))
     np.testing.assert_allclose(np.abs(added[hit]), 100 * rms, rtol=1e-4, err_msg=name)
     assert 0.4 < np.mean(added[hit] > 0) < 0.6, name  # random sign, additive
-  same = common.inject_noise(g, jax.random.key(1), _noise("spikes"))
+  same = grad_noise.inject_noise(g, jax.random.key(1), _noise("spikes"))
   np.testing.assert_array_equal(out["w"], same["w"])  # same key, same corruption
-  other = common.inject_noise(g, jax.random.key(2), _noise("spikes"))
+  other = grad_noise.inject_noise(g, jax.random.key(2), _noise("spikes"))
   assert not np.array_equal(np.asarray(other["w"]) != np.asarray(g["w"]),
                             np.asarray(out["w"]) != np.asarray(g["w"]))
 
@@ -249,19 +137,19 @@ def _lm_like_grads():
 
 def test_bursts_add_30x_norm_directions_to_hidden_matrices_on_burst_steps():
   grads = _lm_like_grads()
-  hidden = common.is_hidden(grads)
+  hidden = optimizers.is_hidden(grads)
   # Leaves in key order: blocks.0.attn.query, blocks.0.fc, blocks.0.norm1.scale, embed, lm_head.
   assert jax.tree.leaves(hidden) == [True, True, False, False, False]
   key = jax.random.key(3)
-  steps = common.burst_steps(key, 2000, 0.01)
+  steps = grad_noise.burst_steps(key, 2000, 0.01)
   assert 5 < len(steps) < 40  # Bernoulli(0.01): 20 expected
-  burst_key = common.step_noise_key(key, steps[0])
-  calm_key = common.step_noise_key(key, next(t for t in range(1, 2000) if t not in steps))
+  burst_key = grad_noise.step_noise_key(key, steps[0])
+  calm_key = grad_noise.step_noise_key(key, next(t for t in range(1, 2000) if t not in steps))
   noise = _noise("bursts")
-  calm = common.inject_noise(grads, calm_key, noise)
+  calm = grad_noise.inject_noise(grads, calm_key, noise)
   for a, b in zip(jax.tree.leaves(calm), jax.tree.leaves(grads)):
     np.testing.assert_array_equal(a, b)
-  out = common.inject_noise(grads, burst_key, noise)
+  out = grad_noise.inject_noise(grads, burst_key, noise)
   for o, g, h in zip(jax.tree.leaves(out), jax.tree.leaves(grads), jax.tree.leaves(hidden)):
     if not h:
       np.testing.assert_array_equal(o, g)  # embeddings, heads, norms: untouched
@@ -275,21 +163,21 @@ def test_bursts_add_30x_norm_directions_to_hidden_matrices_on_burst_steps():
 
 
 def test_default_seeds_have_bursts_in_a_300_step_run():
-  counts = [len(common.burst_steps(common.noise_key(s), 300, 0.01)) for s in (0, 1, 2)]
-  assert counts == [5, 4, 2]  # documented in configs/lm_outliers.py and examples/common.py
+  counts = [len(grad_noise.burst_steps(grad_noise.noise_key(s), 300, 0.01)) for s in (0, 1, 2)]
+  assert counts == [5, 4, 2]  # documented in configs/lm_outliers.py and examples/common/noise.py
 
 
 def test_student_t_noise_matches_numpy_quantiles():
   g = jnp.full((400, 250), 2.0, jnp.float32)  # rms 2
-  out = common.inject_noise({"w": g}, jax.random.key(0), _noise("student_t"))["w"]
+  out = grad_noise.inject_noise({"w": g}, jax.random.key(0), _noise("student_t"))["w"]
   z = np.abs(np.asarray(out - g)) / (0.5 * 2.0)
   ref = np.abs(np.random.default_rng(0).standard_t(1.5, size=400 * 250))
   for q in (0.5, 0.9, 0.99):
     assert abs(np.quantile(z, q) / np.quantile(ref, q) - 1) < 0.1, q
-  none = common.inject_noise({"w": g}, jax.random.key(0), _noise("none"))["w"]
+  none = grad_noise.inject_noise({"w": g}, jax.random.key(0), _noise("none"))["w"]
   assert none is g
   with pytest.raises(ValueError, match="noise kind"):
-    common.inject_noise({"w": g}, jax.random.key(0), _noise("gaussian"))
+    grad_noise.inject_noise({"w": g}, jax.random.key(0), _noise("gaussian"))
 
 
 def _summaries(values: dict, noise="none", family=None):
@@ -305,7 +193,7 @@ def test_aggregate_runs_matches_a_hand_computation():
       "A": {0: 1.9, 1: 2.0, 2: 2.05},   # diffs -0.1, -0.2, -0.05
       "B": {0: 2.3, 1: 2.1, 2: 2.1},    # diffs +0.3, -0.1, 0.0
   })
-  rows = {r["run"]: r for r in common.aggregate_runs(summaries, "Base")}
+  rows = {r["run"]: r for r in stats.aggregate_runs(summaries, "Base")}
   assert rows["A"]["seeds"] == [0, 1, 2] and rows["A"]["n"] == 3
   np.testing.assert_allclose(rows["A"]["final_val_mean"], (1.9 + 2.0 + 2.05) / 3)
   mean = (1.9 + 2.0 + 2.05) / 3
@@ -324,17 +212,17 @@ def test_aggregate_runs_matches_a_hand_computation():
   assert not rows["B"]["d_final_val_sig"]
   np.testing.assert_allclose(rows["B"]["d_final_train_mean"], 0.2 / 3)  # train = val + 0.5
   assert "d_final_val_mean" not in rows["Base"]
-  table = common.format_aggregate(list(rows.values()), "Base")
+  table = stats.format_aggregate(list(rows.values()), "Base")
   assert "| A | 3 | 2.4833 ± 0.0764 | 1.9833 ± 0.0764 | 11.0 ± 1.0 | -0.1167 ± 0.0441 * |" in table
   assert "| B | 3 |" in table and "+0.0667 ± 0.1202 |" in table
   assert "(baseline)" in table
   # Pairs by seed, not by position; one seed: no std, no SE, never significant.
   shuffled = list(reversed(summaries))
-  again = {r["run"]: r for r in common.aggregate_runs(shuffled, "Base")}
+  again = {r["run"]: r for r in stats.aggregate_runs(shuffled, "Base")}
   np.testing.assert_allclose(again["A"]["d_final_val_mean"], -0.35 / 3)
-  single = common.aggregate_runs(_summaries({"Base": {0: 1.0}, "A": {0: 2.0}}), "Base")
+  single = stats.aggregate_runs(_summaries({"Base": {0: 1.0}, "A": {0: 2.0}}), "Base")
   assert math.isnan(single[1]["d_final_val_se"]) and not single[1]["d_final_val_sig"]
-  assert common.fmt_mean_std(1.0, math.nan) == "1.0000"
+  assert stats.fmt_mean_std(1.0, math.nan) == "1.0000"
 
 
 def test_robustness_rows_match_a_hand_computation():
@@ -344,7 +232,7 @@ def test_robustness_rows_match_a_hand_computation():
   for fam in clean:
     summaries += _summaries({fam: clean[fam]}, "none", fam)
     summaries += _summaries({fam: spiky[fam]}, "spikes", fam)
-  rows = {(r["family"], r["noise"]): r for r in common.robustness_rows(summaries, "Muon")}
+  rows = {(r["family"], r["noise"]): r for r in stats.robustness_rows(summaries, "Muon")}
   muon, root = rows[("Muon", "spikes")], rows[("ROOT", "spikes")]
   np.testing.assert_allclose(rows[("ROOT", "none")]["val_mean"], 1.575)
   np.testing.assert_allclose(root["val_std"], np.std([1.65, 1.75], ddof=1))
@@ -359,7 +247,7 @@ def test_robustness_rows_match_a_hand_computation():
   np.testing.assert_allclose([root["vs_base_mean"], root["vs_base_se"]], [-0.175, 0.125])
   assert not root["vs_base_sig"]
   assert "ratio" not in muon and "damage_mean" not in rows[("Muon", "none")]
-  table = common.format_robustness(list(rows.values()), "Muon")
+  table = stats.format_robustness(list(rows.values()), "Muon")
   assert ("| ROOT | spikes | 2 | 1.7000 ± 0.0707 | +0.1250 ± 0.0250 * | 0.42 | -0.1750 ± 0.1250 |"
           in table)
 
@@ -367,10 +255,10 @@ def test_robustness_rows_match_a_hand_computation():
 def test_worker_tasks_group_a_runs_seeds():
   jobs = [(r, s) for r in range(3) for s in (0, 1, 2)]
   # Enough runs: one task per run (one compilation per run and worker).
-  assert common.worker_tasks(jobs, 2) == [[(r, 0), (r, 1), (r, 2)] for r in range(3)]
+  assert runtime.worker_tasks(jobs, 2) == [[(r, 0), (r, 1), (r, 2)] for r in range(3)]
   # One run, two workers: its seeds are split so that both work.
-  assert common.worker_tasks(jobs[:3], 2) == [[(0, 0), (0, 1)], [(0, 2)]]
-  assert sorted(j for t in common.worker_tasks(jobs, 8) for j in t) == jobs
+  assert runtime.worker_tasks(jobs[:3], 2) == [[(0, 0), (0, 1)], [(0, 2)]]
+  assert sorted(j for t in runtime.worker_tasks(jobs, 8) for j in t) == jobs
 
 
 def test_lm_configs_are_seeded_and_paired():
@@ -380,7 +268,7 @@ def test_lm_configs_are_seeded_and_paired():
     names = {r.name for r in config.runs} | {r.get("family", r.name) for r in config.runs}
     assert config.baseline in names, name
   outliers = importlib.import_module("configs.lm_outliers").get_config()
-  assert {r.noise for r in outliers.runs} == set(common.NOISE_KINDS)
+  assert {r.noise for r in outliers.runs} == set(grad_noise.NOISE_KINDS)
   assert {r.family for r in outliers.runs} == {"AdamW", "Muon (optax)", "ROOT", "ROOT paper"}
 
 
@@ -397,7 +285,7 @@ def test_root_variant_helpers_build_the_intended_optimizers():
   for name, kwargs in (("default", {}), ("no_outliers", _runs.root_without_outlier_handling()),
                        ("adanewton", _runs.root_adanewton())):
     run = ml_collections.ConfigDict(dict(optimizer="root", lr=1e-2, root=kwargs))
-    hidden[name] = _two_steps(common.make_optimizer(run, base, 10), params, grads)["block"]["kernel"]
+    hidden[name] = _two_steps(optimizers.make_optimizer(run, base, 10), params, grads)["block"]["kernel"]
   assert not np.allclose(hidden["default"], hidden["no_outliers"])
   assert not np.allclose(hidden["default"], hidden["adanewton"])
 
@@ -430,7 +318,7 @@ def test_digits_split_is_stratified_and_scaled():
 
 
 def test_schedule_warms_up_and_decays():
-  sched = common.schedule(1.0, 10, 100)
+  sched = optimizers.schedule(1.0, 10, 100)
   assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6
   assert abs(float(sched(100)) - 0.1) < 1e-6
   assert isinstance(optax.adamw(sched), optax.GradientTransformation)
@@ -438,7 +326,7 @@ def test_schedule_warms_up_and_decays():
 
 def test_student_t_noise_has_the_t2_distribution():
   """The df = 2 inverse-CDF sampler against the t(2) CDF 1/2 + t / (2 sqrt(2 + t^2))."""
-  samples = np.asarray(common._student_t(jax.random.key(0), 2.0, (100_000,), jnp.float32))
+  samples = np.asarray(grad_noise._student_t(jax.random.key(0), 2.0, (100_000,), jnp.float32))
   for t in (-10.0, -2.0, -0.5, 0.0, 0.7, 3.0, 30.0):
     expected = 0.5 + t / (2 * math.sqrt(2 + t * t))
     assert abs(np.mean(samples <= t) - expected) < 0.005, t

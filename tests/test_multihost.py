@@ -1,6 +1,6 @@
-"""Multi-host training with `examples/train_multihost.py`: 2 processes x 4 CPU devices.
+"""Multi-host training with `examples/multihost/`: 2 processes x 4 CPU devices.
 
-The runs are real: each starts the script in its own processes (workers joined
+The runs are real: each starts `python -m examples.multihost.main` in its own processes (workers joined
 by `jax.distributed` on loopback, gloo collectives), bounded by a timeout. They
 share one persistent compilation cache, so only the first run of a program
 compiles it. The runs:
@@ -27,14 +27,17 @@ import jax
 import numpy as np
 import pytest
 
+from configs import multihost as multihost_config
+from examples.multihost import checkpoint
+from examples.multihost import train as mt
+
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
-SCRIPT = str(EXAMPLES / "train_multihost.py")
+MODULE = "examples.multihost.main"
 STEPS, EVERY, KILL_AFTER = 8, 4, 8
 # Mesh 4x2 puts the data axis across both processes and makes XLA move Newton-Schulz
 # work across them too (see docs/multihost.md): the most cross-host traffic.
-TRAIN = ["--steps", str(STEPS), "--checkpoint-every", str(EVERY), "--log-every", "4",
-         "--mesh", "4,2"]
+TRAIN = ["--config.steps", str(STEPS), "--config.checkpoint_every", str(EVERY),
+         "--config.log_every", "4", "--config.mesh", "4,2"]
 PHASE_TIMEOUT_S = 150  # per phase; generous because CI cores may be shared
 HEARTBEAT_S = 5
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -69,7 +72,7 @@ def _env(tmp: Path, devices: int) -> dict:
 
 def _start(tmp: Path, name: str, args: list[str], devices: int = 1) -> dict:
   log = open(tmp / f"{name}.log", "w")
-  proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=log, stderr=subprocess.STDOUT,
+  proc = subprocess.Popen([sys.executable, "-m", MODULE, *args], stdout=log, stderr=subprocess.STDOUT,
                           env=_env(tmp, devices), cwd=str(ROOT), start_new_session=True)
   return {"name": name, "proc": proc, "log": log, "start": time.time()}
 
@@ -112,20 +115,18 @@ def test_without_launcher_survivors_abort_at_the_heartbeat_timeout(runs):
   assert survivor["end"] - killed_at < HEARTBEAT_S + 10
 
 
-def _example_module():
-  if str(EXAMPLES) not in sys.path:
-    sys.path.insert(0, str(EXAMPLES))
-  import multihost_train
-  return multihost_train
+def _config(**overrides):
+  config = multihost_config.get_config()
+  config.update(overrides)
+  return config
 
 
 def _flat(tree) -> dict:
-  mt = _example_module()
   return {"/".join(mt.path_names(p)): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _one_device_mesh():
-  return _example_module().make_mesh((1, 1), devices=jax.local_devices()[:1])
+  return mt.make_mesh((1, 1), devices=jax.local_devices()[:1])
 
 
 @pytest.fixture(scope="module")
@@ -134,22 +135,21 @@ def runs(tmp_path_factory):
   two = ["--processes", "2", *TRAIN]
   a = _start(tmp, "A", [*two, "--workdir", str(tmp / "a"), "--dump", str(tmp / "a.npz"),
                         "--summary", str(tmp / "a.json")])
-  mt = _example_module()
-  single = mt.train(mt.Config(steps=STEPS, log_every=STEPS), _one_device_mesh())
+  single = mt.train(_config(steps=STEPS, log_every=STEPS), _one_device_mesh())
   _finish([a], PHASE_TIMEOUT_S)
   c_args = [*two, "--workdir", str(tmp / "c"), "--dump", str(tmp / "c.npz"),
             "--summary", str(tmp / "c.json")]
-  c = _start(tmp, "C", [*c_args, "--kill-process", "1", "--kill-after-step", str(KILL_AFTER)])
-  e = _start(tmp, "E", ["--evaluate", "--mesh", "2,4", "--workdir", str(tmp / "a"),
+  c = _start(tmp, "C", [*c_args, "--kill_process", "1", "--kill_after_step", str(KILL_AFTER)])
+  e = _start(tmp, "E", ["--evaluate", "--config.mesh", "2,4", "--workdir", str(tmp / "a"),
                         "--dump", str(tmp / "e.npz"), "--summary", str(tmp / "e.json")],
              devices=8)
   _finish([c, e], PHASE_TIMEOUT_S)
   c["listing"] = sorted(os.listdir(tmp / "c")) if (tmp / "c").is_dir() else []
   d = _start(tmp, "D", c_args)
-  coordinator = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
-                 "--heartbeat-timeout", str(HEARTBEAT_S), "--kill-process", "1",
-                 "--kill-after-step", "2", *TRAIN]
-  f = [_start(tmp, f"F{i}", [*coordinator, "--process-id", str(i)], devices=4) for i in (0, 1)]
+  coordinator = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num_processes", "2",
+                 "--heartbeat_timeout", str(HEARTBEAT_S), "--kill_process", "1",
+                 "--kill_after_step", "2", *TRAIN]
+  f = [_start(tmp, f"F{i}", [*coordinator, "--process_id", str(i)], devices=4) for i in (0, 1)]
   _finish([d, *f], PHASE_TIMEOUT_S)
   return {"tmp": tmp, "A": a, "B": single, "C": c, "D": d, "E": e, "F0": f[0], "F1": f[1]}
 
@@ -223,12 +223,11 @@ def test_dead_worker_stops_the_job_fast_and_relaunch_resumes(runs):
 
 
 def _restore_here(workdir: Path, **overrides):
-  mt = _example_module()
-  config = mt.Config(steps=STEPS, checkpoint_every=EVERY, **overrides)
-  mngr = mt.checkpoint.manager(str(workdir), EVERY)
+  config = _config(steps=STEPS, checkpoint_every=EVERY, **overrides)
+  mngr = checkpoint.manager(str(workdir), EVERY)
   try:
-    return mt.checkpoint.restore(mngr, mt.abstract_state(config, mt.make_task(config),
-                                                         _one_device_mesh()))
+    return checkpoint.restore(mngr, mt.abstract_state(config, mt.make_task(config),
+                                                      _one_device_mesh()))
   finally:
     mngr.close()
 
@@ -267,60 +266,3 @@ def test_restore_into_a_different_model_names_the_mismatch(runs):
   assert "params/params/up/kernel: checkpoint (16, 32) float32, model (16, 48) float32" in message
   # root() default chain: gate (0), burst guard (1), momentum (2), ...
   assert "opt_state/inner_states/root/inner_state/2/trace/params/mid/kernel" in message
-
-
-def test_tree_mismatches_lists_missing_extra_and_dtype():
-  mt = _example_module()
-  saved = {"w": np.zeros((2, 3), np.float32), "old": np.zeros(1, np.float32)}
-  target = {"w": jax.ShapeDtypeStruct((2, 3), np.dtype("bfloat16")),
-            "new": jax.ShapeDtypeStruct((1,), np.float32)}
-  assert mt.checkpoint.tree_mismatches(saved, target) == [
-      "old: in the checkpoint only", "new: in the model only",
-      "w: checkpoint (2, 3) float32, model (2, 3) bfloat16"]
-  assert mt.checkpoint.tree_mismatches(saved, saved) == []
-
-
-def test_data_record_of_another_stream_is_refused():
-  mt = _example_module()
-  config = mt.Config(global_batch=64, seed=0)
-  mt.check_data_record(config, {"step": 4, "global_batch": 64, "seed": 0})
-  with pytest.raises(ValueError, match="global_batch=32"):
-    mt.check_data_record(config, {"step": 4, "global_batch": 32, "seed": 0})
-
-
-def _cost_module():
-  _example_module()
-  import multihost_cost
-  return multihost_cost
-
-
-@pytest.mark.parametrize("line, groups", [
-    ("replica_groups={{0,1},{2,3}}, use_global_device_ids=true", [[0, 1], [2, 3]]),
-    ("replica_groups=[2,4]<=[4,2]T(1,0), dimensions={1}", [[0, 2, 4, 6], [1, 3, 5, 7]]),
-    ("replica_groups=mesh['axis_0'=1,'axis_1'=2,'axis_2'=1,'axis_3'=4], "
-     "device_ids=([4,2]T(1,0)) {'axis_1'}, use_global_device_ids=true",
-     [[0, 1], [2, 3], [4, 5], [6, 7]]),
-    ("replica_groups=mesh['axis_0'=4,'axis_1'=1,'axis_2'=2] {'axis_0'}, to_apply=%add",
-     [[0, 2, 4, 6], [1, 3, 5, 7]]),
-    ("source_target_pairs={{0,0},{2,1},{4,2}}, metadata={}", [[0, 0], [2, 1], [4, 2]]),
-])
-def test_cost_model_reads_every_spelling_of_device_groups(line, groups):
-  assert _cost_module().device_groups(line) == groups
-
-
-def test_cost_model_counts_loop_trips_and_host_crossings():
-  hlo = "\n".join([
-      "%body.1 (p: s32[]) -> s32[] {",
-      "  %all-reduce.1 = s32[1]{0} all-reduce(%x), replica_groups={{0,1},{2,3}}, to_apply=%a",
-      "}",
-      "ENTRY %main.2 (p: f32[16,32]) -> f32[16,32] {",
-      '  %while.3 = (s32[]) while(%t), condition=%cond.1, body=%body.1, '
-      'backend_config={"known_trip_count":{"n":"31"}}',
-      "  %all-reduce.2 = f32[16,32]{1,0} all-reduce(%g), replica_groups={{0,2},{1,3}}, "
-      "to_apply=%a",
-      "}"])
-  cost = _cost_module()
-  ops = cost.collectives(hlo)
-  assert [op["per_step"] for op in ops] == [31, 1]
-  assert cost.cost_table(ops, devices_per_process=2) == {
-      ("all-reduce", False): [31, 31 * 4], ("all-reduce", True): [1, 16 * 32 * 4]}

@@ -138,3 +138,17 @@ def test_checks_catch_violations(tmp_path):
           'PyYAML>=6; extra == "yaml"', "chex; python_version >= '3.10'"]
   assert set(_required(reqs)) == CORE | {"flax", "chex"}
   assert _extra(reqs, "yaml") == {"pyyaml"}
+
+
+def test_only_root_optax_is_shipped():
+  """The distribution holds the package alone: examples/, configs/ and tests/ stay
+  in the repository (they import flax, orbax, ... which the package does not need)."""
+  pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+  tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+  find = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["packages"]["find"]
+  assert find["include"] == ["root_optax*"], find
+  recorded = {str(f).replace("\\", "/") for f in importlib.metadata.files(DIST) or ()}
+  if "root_optax/__init__.py" not in recorded:
+    pytest.skip("editable install: the distribution records no package files")
+  top = {f.split("/")[0] for f in recorded if "/" in f and not f.startswith("..")}
+  assert {t for t in top if not t.endswith(".dist-info")} == {"root_optax"}, sorted(top)

@@ -3,6 +3,9 @@
 * `Transformer`: a decoder-only byte-level language model in Flax NNX (RMSNorm,
   rotary positions, GELU MLP, untied embedding and LM head).
 * `ViT`: a tiny vision transformer in Flax linen for 8x8 digits.
+* `GPT`: a small decoder-only transformer in Flax linen whose kernel names
+  (``attn_q`` ... ``mlp_out``) the pjit example shards Megatron-style.
+* `MLP`: three dense layers in Flax linen (the multi-host example).
 
 Every weight matrix is a 2-D ``kernel`` so that ROOT and Muon treat it as one
 matrix; the embeddings and the classifier/LM heads carry ``embed`` / ``head``
@@ -127,3 +130,50 @@ class ViT(nn.Module):
       x = ViTBlock(self.d_model, self.num_heads, self.mlp_dim, name=f"block_{i}")(x)
     x = nn.LayerNorm(name="norm")(x).mean(axis=1)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+class GPTBlock(nn.Module):
+  """Pre-norm causal attention and a 4x GELU MLP, bias-free kernels."""
+  d_model: int
+  heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = nn.LayerNorm(name="ln_1")(x)
+    q, k, v = (nn.Dense(self.d_model, use_bias=False, name=n)(h) for n in ("attn_q", "attn_k", "attn_v"))
+    split = lambda t: t.reshape(t.shape[:-1] + (self.heads, -1))
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:2]))
+    att = nn.dot_product_attention(split(q), split(k), split(v), mask=mask)
+    x = x + nn.Dense(self.d_model, use_bias=False, name="attn_o")(att.reshape(x.shape))
+    h = nn.LayerNorm(name="ln_2")(x)
+    h = nn.gelu(nn.Dense(4 * self.d_model, use_bias=False, name="mlp_in")(h))
+    return x + nn.Dense(self.d_model, use_bias=False, name="mlp_out")(h)
+
+
+class GPT(nn.Module):
+  """Token and learned position embeddings, ``layers`` blocks, an untied head."""
+  vocab: int
+  d_model: int
+  heads: int
+  layers: int
+  seq_len: int
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = nn.Embed(self.vocab, self.d_model, name="embed")(tokens)
+    x = x + self.param("pos", nn.initializers.normal(0.02), (self.seq_len, self.d_model))
+    for i in range(self.layers):
+      x = GPTBlock(self.d_model, self.heads, name=f"block_{i}")(x)
+    return nn.Dense(self.vocab, use_bias=False, name="head")(nn.LayerNorm(name="ln_f")(x))
+
+
+class MLP(nn.Module):
+  """Three dense layers; ``up``/``mid`` are split over the model axis (Megatron)."""
+  hidden: int
+  classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.relu(nn.Dense(self.hidden, name="up")(x))
+    x = nn.relu(nn.Dense(self.hidden, name="mid")(x))
+    return nn.Dense(self.classes, name="head")(x)

@@ -7,34 +7,27 @@ initialisation and the batch order, shared by all optimizers), and the test
 accuracy is reported as mean and standard deviation. Writes ``curves.csv``,
 ``summary.csv`` and ``vision.png`` to ``--workdir``.
 
-Usage (from the repository root)::
-
-  python examples/train_vision.py
-  python examples/train_vision.py --quick
-  python examples/train_vision.py --config configs/vision.py --config.seeds 3
+The command line is `examples/vision/main.py`.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
-
-if __package__ in (None, ""):  # `python examples/train_vision.py`: make `examples` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 from flax.training import train_state
 from tqdm import tqdm
 
-from examples import common
-from examples import data
-from examples import models
+from examples.common import data
+from examples.common import models
+from examples.common import optimizers
+from examples.common import runtime
+from examples.common import stats
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -84,15 +77,15 @@ def train_seed(config, run, tx, model, split, seed: int) -> tuple[list[dict], fl
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Trains every run over every seed; writes outputs; returns one row per run."""
-  out = common.make_workdir(workdir)
+  out = runtime.make_workdir(workdir)
   split = data.digits_split()
   model = models.ViT(**config.model.to_dict())
   steps = config.epochs * (len(split[0]) // config.batch_size)
   print(f"digits: {len(split[0])} train / {len(split[2])} test images; {steps} steps per run")
   curves, summaries = [], []
-  no_bars = not common.progress_enabled()  # no bar fragments in logs
-  for run in tqdm(common.selected_runs(config), desc=config.name, dynamic_ncols=True, disable=no_bars):
-    tx = common.make_optimizer(run, config.optim, steps)  # one tx: compiled once per run
+  no_bars = not runtime.progress_enabled()  # no bar fragments in logs
+  for run in tqdm(runtime.selected_runs(config), desc=config.name, dynamic_ncols=True, disable=no_bars):
+    tx = optimizers.make_optimizer(run, config.optim, steps)  # one tx: compiled once per run
     finals, step_times = [], []
     for seed in tqdm(range(config.seeds), desc=run.name, leave=False, dynamic_ncols=True,
                      disable=no_bars):
@@ -109,11 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         "ms_per_step": 1e3 * float(np.median(step_times))})
     tqdm.write(f"{run.name}: test acc {summaries[-1]['acc_mean']:.2f} "
                f"+- {summaries[-1]['acc_std']:.2f} %")
-  common.write_csv(out / "curves.csv", curves)
-  common.write_csv(out / "summary.csv", summaries)
+  runtime.write_csv(out / "curves.csv", curves)
+  runtime.write_csv(out / "summary.csv", summaries)
   plot(curves, summaries, config, out / "vision.png")
   print(f"\n{config.title} ({config.seeds} seeds; accuracy in %, std over seeds)\n")
-  print(common.format_table(summaries, ["run", "lr", "acc_mean", "acc_std", "acc_min",
+  print(stats.format_table(summaries, ["run", "lr", "acc_mean", "acc_std", "acc_min",
                                         "acc_max", "test_loss", "ms_per_step"]))
   print(f"\nwrote {out}/curves.csv, summary.csv, vision.png")
   return summaries
@@ -121,7 +114,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
 def plot(curves: list[dict], summaries: list[dict], config, path: pathlib.Path) -> None:
   """Mean test accuracy per epoch (band: min-max over seeds) and final bars."""
-  plt = common.pyplot()
+  plt = runtime.pyplot()
   fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(11, 4))
   for s in summaries:
     acc = np.array([[r["test_acc"] for r in curves if r["run"] == s["run"] and r["seed"] == seed]
@@ -143,9 +136,3 @@ def plot(curves: list[dict], summaries: list[dict], config, path: pathlib.Path) 
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-main = common.make_main("vision.py", train_and_evaluate)
-
-if __name__ == "__main__":
-  app.run(main)

@@ -1,4 +1,4 @@
-"""The worker of `train_multihost.py`: a Flax MLP trained with `root_optax.root` on a global mesh.
+"""The worker of `examples/multihost/main.py`: a Flax MLP trained with `root_optax.root` on a global mesh.
 
 Every process runs this same program on global arrays. What each one does:
 
@@ -11,6 +11,8 @@ Every process runs this same program on global arrays. What each one does:
 5. call the same jitted step and the same checkpoint saves, in the same order.
 
 Nothing in the step depends on which process runs it; only printing does.
+The config is ``configs/multihost.py``; ``workdir`` is the checkpoint
+directory (None: no checkpoints).
 """
 
 from __future__ import annotations
@@ -26,63 +28,20 @@ from typing import Any, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import tqdm
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import multihost_checkpoint as checkpoint
 import root_optax
+from examples.common import data
+from examples.common import models
+from examples.multihost import checkpoint
 
 DATA_AXIS, MODEL_AXIS = "data", "model"
-PROG = "train_multihost"
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """What is trained, how, and where checkpoints go.
-
-  Attributes:
-    steps: Total optimizer steps of the run (a resumed run counts from 0).
-    global_batch: Examples per step, summed over all processes.
-    features: Input width of the synthetic task.
-    hidden: Width of the two hidden layers.
-    classes: Number of classes.
-    learning_rate: Of `root_optax.root` (ROOT and AdamW leaves).
-    seed: Seeds the teacher, the data stream and the initial params.
-    mesh: ``(data, model)`` mesh shape; -1 takes the remaining devices. None:
-      ``(processes, devices per process)``, so that only the data axis
-      crosses hosts (see `multihost_cost.py`).
-    workdir: Checkpoint directory (None: no checkpoints).
-    checkpoint_every: Save every this many steps, and at the end.
-    log_every: Process 0 prints the loss every this many steps.
-  """
-
-  steps: int = 40
-  global_batch: int = 64
-  features: int = 16
-  hidden: int = 32
-  classes: int = 4
-  learning_rate: float = 0.02
-  seed: int = 0
-  mesh: Optional[tuple[int, int]] = None
-  workdir: Optional[str] = None
-  checkpoint_every: int = 10
-  log_every: int = 10
-
-
-class MLP(nn.Module):
-  """Three dense layers; ``up``/``mid`` are split over the model axis (Megatron)."""
-
-  hidden: int
-  classes: int
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(self.hidden, name="up")(x))
-    x = nn.relu(nn.Dense(self.hidden, name="mid")(x))
-    return nn.Dense(self.classes, name="head")(x)
+PROG = "multihost"
 
 
 # Column-parallel `up`, row-parallel `mid`: one all-reduce over `model` per layer pair.
@@ -107,8 +66,8 @@ class Task(NamedTuple):
   tx: optax.GradientTransformation
 
 
-def make_task(config: Config) -> Task:
-  return Task(MLP(config.hidden, config.classes), root_optax.root(config.learning_rate))
+def make_task(config: ml_collections.ConfigDict) -> Task:
+  return Task(models.MLP(config.hidden, config.classes), root_optax.root(config.learning_rate))
 
 
 # ---------------------------------------------------------------- processes and mesh
@@ -132,42 +91,37 @@ def join(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                 initialization_timeout=6 * heartbeat_timeout)
   if coordinator is not None:
     if num_processes is None or process_id is None:
-      raise ValueError("--coordinator needs --num-processes and --process-id")
+      raise ValueError("--coordinator needs --num_processes and --process_id")
     kwargs.update(coordinator_address=coordinator, num_processes=num_processes,
                   process_id=process_id)
   jax.distributed.initialize(**kwargs)
 
 
+def parse_mesh(text: str) -> Optional[tuple[int, int]]:
+  """``'4,2'`` -> ``(4, 2)``; ``''`` -> None (one data row per process)."""
+  return tuple(int(v) for v in text.split(",")) if text else None
+
+
 def make_mesh(shape: Optional[tuple[int, int]], devices=None) -> jax.sharding.Mesh:
   """A ``(data, model)`` mesh over ``devices`` (default: every process's devices)."""
   devices = jax.devices() if devices is None else devices
-  data, model = shape or (jax.process_count(), jax.local_device_count())
-  if data == -1:
-    data = len(devices) // model
-  if data * model != len(devices):
-    raise ValueError(f"mesh {shape} needs {data * model} devices; there are {len(devices)}")
+  data_size, model_size = shape or (jax.process_count(), jax.local_device_count())
+  if data_size == -1:
+    data_size = len(devices) // model_size
+  if data_size * model_size != len(devices):
+    raise ValueError(f"mesh {shape} needs {data_size * model_size} devices; "
+                     f"there are {len(devices)}")
   # Auto axes: shardings are given to `jax.jit` and propagated by XLA.
-  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS),
+  return jax.make_mesh((data_size, model_size), (DATA_AXIS, MODEL_AXIS),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
 
 
 # ---------------------------------------------------------------- data
 
 
-def _teacher(config: Config) -> np.ndarray:
-  return np.random.default_rng([config.seed, 0]).standard_normal((config.features, config.classes))
-
-
-def load_rows(config: Config, rows: range) -> dict:
-  """The examples at global positions ``rows`` of the (endless) data stream.
-
-  Each example is drawn from its own seed, so a process can read any slice of
-  any batch without reading the others: this stands in for a sharded dataset.
-  """
-  x = np.stack([np.random.default_rng([config.seed, 1, i]).standard_normal(config.features)
-                for i in rows]).astype(np.float32)
-  y = np.argmax(x @ _teacher(config), axis=-1).astype(np.int32)
-  return {"x": x, "y": y}
+def load_rows(config: ml_collections.ConfigDict, rows: range) -> dict:
+  """The examples at global positions ``rows`` of the data stream (`data.teacher_rows`)."""
+  return data.teacher_rows(config.seed, config.features, config.classes, rows)
 
 
 def _local_rows(sharding: NamedSharding, global_shape: tuple) -> range:
@@ -178,7 +132,7 @@ def _local_rows(sharding: NamedSharding, global_shape: tuple) -> range:
   return range(min(starts), max(stops))
 
 
-def global_batch(config: Config, step: int, sharding: NamedSharding) -> dict:
+def global_batch(config: ml_collections.ConfigDict, step: int, sharding: NamedSharding) -> dict:
   """Batch ``step`` as global arrays; this process reads only its own rows."""
   shapes = {"x": (config.global_batch, config.features), "y": (config.global_batch,)}
   rows = _local_rows(sharding, shapes["x"])
@@ -216,21 +170,21 @@ def state_shardings(abstract: TrainState, mesh: jax.sharding.Mesh) -> TrainState
   return jax.tree_util.tree_map_with_path(spec_for, abstract)
 
 
-def _init_fn(config: Config, task: Task):
+def _init_fn(config: ml_collections.ConfigDict, task: Task):
   def init(key):
     params = task.model.init(key, jnp.zeros((1, config.features)))
     return TrainState(params, task.tx.init(params))
   return init
 
 
-def abstract_state(config: Config, task: Task, mesh: jax.sharding.Mesh) -> TrainState:
+def abstract_state(config: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh) -> TrainState:
   """Shapes, dtypes and shardings of the train state, computing nothing."""
   shapes = jax.eval_shape(_init_fn(config, task), jax.random.key(config.seed))
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, state_shardings(shapes, mesh))
 
 
-def init_state(config: Config, task: Task, abstract: TrainState) -> TrainState:
+def init_state(config: ml_collections.ConfigDict, task: Task, abstract: TrainState) -> TrainState:
   """Fresh params and optimizer state, each process computing only its shards."""
   out = jax.tree.map(lambda s: s.sharding, abstract)
   return jax.jit(_init_fn(config, task), out_shardings=out)(jax.random.key(config.seed))
@@ -283,18 +237,18 @@ class Fault:
       os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _data_record(config: Config, step: int) -> dict:
+def _data_record(config: ml_collections.ConfigDict, step: int) -> dict:
   """The data position: where the stream continues after ``step`` steps."""
   return {"step": step, "examples_seen": step * config.global_batch,
           "global_batch": config.global_batch, "seed": config.seed}
 
 
-def check_data_record(config: Config, data: dict) -> None:
+def check_data_record(config: ml_collections.ConfigDict, record: dict) -> None:
   """Refuses to resume a data stream other than the one the checkpoint was on."""
   for key in ("global_batch", "seed"):
-    if data[key] != getattr(config, key):
+    if record[key] != getattr(config, key):
       raise ValueError(
-          f"the checkpoint was written with {key}={data[key]}, this run has "
+          f"the checkpoint was written with {key}={record[key]}, this run has "
           f"{key}={getattr(config, key)}: the data stream would not continue where it stopped")
 
 
@@ -302,21 +256,22 @@ def _as_state(state) -> TrainState:
   return TrainState(**state) if isinstance(state, dict) else state
 
 
-def _resume_or_init(config: Config, task: Task, mngr, abstract: TrainState):
+def _resume_or_init(config: ml_collections.ConfigDict, task: Task, mngr, abstract: TrainState):
   restored = checkpoint.restore(mngr, abstract) if mngr else None
   if restored is None:
     return 0, init_state(config, task, abstract)
-  _, state, data = restored
-  check_data_record(config, data)
-  return data["step"], _as_state(state)
+  _, state, record = restored
+  check_data_record(config, record)
+  return record["step"], _as_state(state)
 
 
-def _due(config: Config, step: int) -> bool:
+def _due(config: ml_collections.ConfigDict, step: int) -> bool:
   return step % config.checkpoint_every == 0 or step == config.steps
 
 
-def train(config: Config, mesh: jax.sharding.Mesh, fault: Fault = Fault()) -> dict:
-  """Trains up to ``config.steps`` steps, resuming from ``config.workdir``.
+def train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+          workdir: Optional[str] = None, fault: Fault = Fault()) -> dict:
+  """Trains up to ``config.steps`` steps, resuming from ``workdir`` (None: no checkpoints).
 
   Returns:
     A summary: first and last step, the losses, the mesh, the shardings of
@@ -326,10 +281,10 @@ def train(config: Config, mesh: jax.sharding.Mesh, fault: Fault = Fault()) -> di
   task = make_task(config)
   abstract = abstract_state(config, task, mesh)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  mngr = checkpoint.manager(config.workdir, config.checkpoint_every) if config.workdir else None
+  mngr = checkpoint.manager(workdir, config.checkpoint_every) if workdir else None
   start, state = _resume_or_init(config, task, mngr, abstract)
   if lead and start:
-    print(f"{PROG}: resumed from the checkpoint of step {start} in {config.workdir}", flush=True)
+    print(f"{PROG}: resumed from the checkpoint of step {start} in {workdir}", flush=True)
   train_step = make_train_step(task, batch_sharding, abstract)
   losses, report, preserved = [], None, True
   bar = tqdm.tqdm(range(start, config.steps), initial=start, total=config.steps,
@@ -355,18 +310,19 @@ def train(config: Config, mesh: jax.sharding.Mesh, fault: Fault = Fault()) -> di
           "state": state}
 
 
-def evaluate(config: Config, mesh: jax.sharding.Mesh) -> dict:
-  """Restores the latest checkpoint into ``mesh`` and scores it on unseen examples."""
-  if not config.workdir:
+def evaluate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+             workdir: Optional[str]) -> dict:
+  """Restores the latest checkpoint in ``workdir`` into ``mesh`` and scores it on unseen examples."""
+  if not workdir:
     raise ValueError("--evaluate needs --workdir")
   task = make_task(config)
-  mngr = checkpoint.manager(config.workdir, config.checkpoint_every)
+  mngr = checkpoint.manager(workdir, config.checkpoint_every)
   try:
     restored = checkpoint.restore(mngr, abstract_state(config, task, mesh))
   finally:
     mngr.close()
   if restored is None:
-    raise FileNotFoundError(f"no complete checkpoint in {config.workdir}")
+    raise FileNotFoundError(f"no complete checkpoint in {workdir}")
   step, state, _ = restored
   state = _as_state(state)
   held_out = 10**9  # stream positions far past anything trained on

@@ -14,17 +14,9 @@ ROOT runs when `root_optax.diagnostics` exists) to ``--workdir``.
 
 The (run, seed) jobs run in ``config.workers`` worker processes (default 2).
 Every process that trains, a worker or this one with ``--config.workers 0``,
-runs XLA single-threaded and pinned to one core (`common.single_threaded_xla`),
-so the losses are bit-identical whatever the number of workers.
-
-Usage (from the repository root)::
-
-  python examples/train_lm.py                                   # main comparison
-  python examples/train_lm.py --quick                           # < 1 minute smoke run
-  python examples/train_lm.py --config configs/lm_ablations.py  # ROOT's two fixes, one at a time
-  python examples/train_lm.py --config configs/lm_quantile.py   # paper Fig. 4 analogue
-  python examples/train_lm.py --config configs/lm_outliers.py   # gradient-noise robustness
-  python examples/train_lm.py --config.steps 200 --config.seeds "(0, 1, 2, 3)" --workdir /tmp/lm
+runs XLA single-threaded and pinned to one core (`runtime.single_threaded_xla`),
+so the losses are bit-identical whatever the number of workers. The command
+line is `examples/lm/main.py`.
 """
 
 from __future__ import annotations
@@ -35,25 +27,23 @@ import math
 import multiprocessing
 import os
 import pathlib
-import sys
 import time
-
-if __package__ in (None, ""):  # `python examples/train_lm.py`: make `examples` importable
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import app
 from flax import nnx
 from tqdm import tqdm
 
 import root_optax
-from examples import common
-from examples import data
-from examples import models
+from examples.common import data
+from examples.common import models
+from examples.common import noise as grad_noise
+from examples.common import optimizers
+from examples.common import runtime
+from examples.common import stats
 
 def loss_fn(model: models.Transformer, batch: jax.Array) -> jax.Array:
   """Mean next-byte cross-entropy in nats."""
@@ -67,7 +57,7 @@ def make_train_step(noise: ml_collections.ConfigDict):
   @nnx.jit
   def train_step(model, optimizer, batch, key):
     loss, grads = nnx.value_and_grad(loss_fn)(model, batch)
-    grads = common.inject_noise(grads, key, noise)
+    grads = grad_noise.inject_noise(grads, key, noise)
     optimizer.update(model, grads)
     return loss
   return train_step
@@ -114,7 +104,7 @@ def _step_and_tx(config, run):
   key = ("run", run.to_json(), config.optim.to_json(), config.steps,
          _run_noise(config, run).to_json())
   if key not in _CACHE:
-    _CACHE[key] = (common.make_optimizer(run, config.optim, config.steps),
+    _CACHE[key] = (optimizers.make_optimizer(run, config.optim, config.steps),
                    make_train_step(_run_noise(config, run)))
   return _CACHE[key]
 
@@ -134,8 +124,8 @@ def train_one(config, run, seed: int, progress: bool = False) -> dict:
   tx, train_step = _step_and_tx(config, run)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   batches = data.lm_batches(corpus.train, config.batch_size, config.seq_len, seed)
-  key = common.noise_key(seed)
-  diagnose = getattr(root_optax, "diagnostics", None) if run.optimizer == common.ROOT else None
+  key = grad_noise.noise_key(seed)
+  diagnose = getattr(root_optax, "diagnostics", None) if run.optimizer == optimizers.ROOT else None
   history, diagnostics, losses, times, cpu_times = [], [], [], [], []
   start = time.perf_counter()
   bar = tqdm(range(1, config.steps + 1), desc=f"{run.name} seed {seed}", leave=False,
@@ -143,7 +133,7 @@ def train_one(config, run, seed: int, progress: bool = False) -> dict:
   for step in bar:
     t0, c0 = time.perf_counter(), time.process_time()
     loss = float(train_step(model, optimizer, jnp.asarray(next(batches)),
-                            common.step_noise_key(key, step)))
+                            grad_noise.step_noise_key(key, step)))
     times.append(time.perf_counter() - t0)
     cpu_times.append(time.process_time() - c0)
     losses.append(loss)
@@ -179,8 +169,8 @@ def train_one(config, run, seed: int, progress: bool = False) -> dict:
       "wall_s": time.perf_counter() - start,
   }
   if noise.kind == "bursts":
-    summary["burst_steps"] = len(common.burst_steps(key, config.steps, noise.burst_prob))
-  if run.optimizer == common.ROOT:
+    summary["burst_steps"] = len(grad_noise.burst_steps(key, config.steps, noise.burst_prob))
+  if run.optimizer == optimizers.ROOT:
     summary["root_kwargs"] = json.dumps(dict(run.get("root", {})), sort_keys=True)
   return {"history": history, "summary": summary, "diagnostics": diagnostics}
 
@@ -196,7 +186,7 @@ def _init_worker(counter, cores) -> None:
 
 
 def _worker_task(config, jobs: list[tuple[int, int]]) -> list[dict]:
-  runs = common.selected_runs(config)
+  runs = runtime.selected_runs(config)
   return [train_one(config, runs[r], seed) for r, seed in jobs]
 
 
@@ -212,7 +202,7 @@ def run_jobs(config, runs, jobs: list[tuple[int, int]]) -> list[dict]:
   results: list = [None] * len(jobs)
   if workers <= 0:
     for i, (r, seed) in enumerate(jobs):
-      results[i] = train_one(config, runs[r], seed, progress=common.progress_enabled())
+      results[i] = train_one(config, runs[r], seed, progress=runtime.progress_enabled())
       print(_line(results[i], i + 1, len(jobs)), flush=True)
     return results
   cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -222,14 +212,14 @@ def run_jobs(config, runs, jobs: list[tuple[int, int]]) -> list[dict]:
         + (f" pinned to cores {[cores[i % len(cores)] for i in range(workers)]}" if cores else ""),
         flush=True)
   # The workers inherit the environment when they start, XLA_FLAGS included
-  # (`common.single_threaded_xla`), and read it at their first JAX computation.
-  with common.environ(OMP_NUM_THREADS="1"), \
+  # (`runtime.single_threaded_xla`), and read it at their first JAX computation.
+  with runtime.environ(OMP_NUM_THREADS="1"), \
       concurrent.futures.ProcessPoolExecutor(
           workers, mp_context=ctx, initializer=_init_worker,
           initargs=(ctx.Value("i", 0), cores)) as pool:
     index = {job: i for i, job in enumerate(jobs)}
     futures = {pool.submit(_worker_task, config, task): task
-               for task in common.worker_tasks(jobs, workers)}
+               for task in runtime.worker_tasks(jobs, workers)}
     done = 0
     for future in concurrent.futures.as_completed(futures):
       for job, result in zip(futures[future], future.result()):
@@ -247,8 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   """
   # Before the first JAX computation; the workers inherit the flags and pin
   # themselves, and without workers this process runs on one core.
-  single_threaded = common.single_threaded_xla(pin=int(config.workers) <= 0)
-  out = common.make_workdir(workdir)
+  single_threaded = runtime.single_threaded_xla(pin=int(config.workers) <= 0)
+  out = runtime.make_workdir(workdir)
   seeds = [int(s) for s in config.seeds]
   if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f"config.seeds must be distinct seeds, got {config.seeds}")
@@ -257,16 +247,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   print(f"corpus: {len(corpus.train_files)} train files ({len(corpus.train):,} bytes), "
         f"{len(corpus.val_files)} val files ({len(corpus.val):,} bytes); "
         f"model: {sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))):,} params; "
-        f"{common.seeds_phrase(seeds)}", flush=True)
-  runs = common.selected_runs(config)
+        f"{stats.seeds_phrase(seeds)}", flush=True)
+  runs = runtime.selected_runs(config)
   results = run_jobs(config, runs, [(r, s) for r in range(len(runs)) for s in seeds])
   summaries = [r["summary"] for r in results]
-  common.write_csv(out / "curves.csv", [row for r in results for row in r["history"]])
-  common.write_csv(out / "summary.csv", summaries)
+  runtime.write_csv(out / "curves.csv", [row for r in results for row in r["history"]])
+  runtime.write_csv(out / "summary.csv", summaries)
   diagnostics = [row for r in results for row in r["diagnostics"]]
   written = ["curves.csv", "summary.csv", "table.md", "curves.png"]
   if diagnostics:
-    common.write_csv(out / "diagnostics.csv", diagnostics)
+    runtime.write_csv(out / "diagnostics.csv", diagnostics)
     plot_diagnostics(diagnostics, seeds[0], config, out / "diagnostics.png")
     written += ["diagnostics.csv", "diagnostics.png"]
   plot_curves(results, runs, config, out / "curves.png")
@@ -277,12 +267,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 def plot_curves(results: list[dict], runs, config, path: pathlib.Path) -> None:
   """Smoothed train loss and validation loss against step: mean over seeds
   (band: ± one std), one line per run."""
-  plt = common.pyplot()
+  plt = runtime.pyplot()
   fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
   for run in runs:
     mine = [r["history"] for r in results if r["summary"]["run"] == run.name]
     steps = np.array([row["step"] for row in mine[0]])
-    train = np.array([common.smooth([row["train_loss"] for row in h], config.train_loss_window)
+    train = np.array([runtime.smooth([row["train_loss"] for row in h], config.train_loss_window)
                       for h in mine])
     val_steps = [row["step"] for row in mine[0] if "val_loss" in row]
     val = np.array([[row["val_loss"] for row in h if "val_loss" in row] for h in mine])
@@ -314,7 +304,7 @@ def plot_curves(results: list[dict], runs, config, path: pathlib.Path) -> None:
 
 def plot_diagnostics(rows: list[dict], seed: int, config, path: pathlib.Path) -> None:
   """ROOT's clipped fraction and bursts caught against step, per shape group (one seed)."""
-  plt = common.pyplot()
+  plt = runtime.pyplot()
   panels = (("clipped fraction", lambda k: k.endswith("/clipped_fraction")),
             ("bursts caught (cumulative)", lambda k: k.startswith("bursts/") and k.endswith("/caught")))
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -343,14 +333,14 @@ def report(config, summaries: list[dict], out: pathlib.Path, written=(),
   writes the same text to ``table.md``."""
   seeds = sorted({s["seed"] for s in summaries})
   baseline = config.get("baseline", "")
-  agg = common.aggregate_runs(summaries, baseline)
+  agg = stats.aggregate_runs(summaries, baseline)
   workers = min(int(config.workers), len(summaries))
   where = (f"{workers} single-threaded worker processes side by side, one per core"
            if workers > 1 else "1 single-threaded worker process" if workers == 1
            else "this process, " + ("single-threaded on one core" if single_threaded
                                     else "with the XLA threading it started with"))
   lines = [f"## {config.title}", "",
-           f"{config.steps} steps; mean ± std over {common.seeds_phrase(seeds)}. Seed s fixes "
+           f"{config.steps} steps; mean ± std over {stats.seeds_phrase(seeds)}. Seed s fixes "
            "the initialisation, the batch order and the gradient noise of every run. Losses "
            "in nats/byte (train: mean of the last "
            f"{config.train_loss_window} steps' batch losses; val: {config.eval_batches} fixed "
@@ -361,7 +351,7 @@ def report(config, summaries: list[dict], out: pathlib.Path, written=(),
               "error (std of the per-seed differences / sqrt(n)); `*`: |Δ| > 2 SE.", ""]
   elif baseline:
     lines += [f"(No paired comparison: the baseline {baseline!r} is not among these runs.)", ""]
-  lines.append(common.format_aggregate(agg, baseline))
+  lines.append(stats.format_aggregate(agg, baseline))
   root_runs = {s["run"]: s["root_kwargs"] for s in summaries if "root_kwargs" in s}
   if root_runs:
     lines += ["", "ROOT runs: `root_optax.root(lr, weight_decay, adam_b1, adam_b2, "
@@ -385,7 +375,7 @@ def report(config, summaries: list[dict], out: pathlib.Path, written=(),
 def _report_quantile(agg, out) -> None:
   rows = [r for r in agg if r["family"].startswith("ROOT p=")]
   qs = [float(r["family"].split("=")[1]) for r in rows]
-  plt = common.pyplot()
+  plt = runtime.pyplot()
   fig, ax = plt.subplots(figsize=(5, 3.5))
   std = lambda r: r["final_val_std"] if math.isfinite(r["final_val_std"]) else 0.0
   ax.errorbar(qs, [r["final_val_mean"] for r in rows], yerr=[std(r) for r in rows],
@@ -403,7 +393,7 @@ def _report_quantile(agg, out) -> None:
 
 
 def _report_robustness(summaries, baseline, out) -> str:
-  rows = common.robustness_rows(summaries, baseline)
+  rows = stats.robustness_rows(summaries, baseline)
   legend = ("damage = noisy − clean final val of the same family, paired by seed: mean ± SE "
             "(`*`: > 2 SE, i.e. the noise clearly hurts).")
   if baseline:
@@ -411,11 +401,11 @@ def _report_robustness(summaries, baseline, out) -> str:
                f"where {baseline}'s damage exceeds 2 SE); damage − {baseline}'s: paired "
                "difference of the damages, mean ± SE (`*`: > 2 SE).")
   text = "\n".join(["### Robustness: final val by gradient noise", "", legend, "",
-                    common.format_robustness(rows, baseline)])
+                    stats.format_robustness(rows, baseline)])
   families = list(dict.fromkeys(r["family"] for r in rows))
-  kinds = [k for k in common.NOISE_KINDS if any(r["noise"] == k for r in rows)]
+  kinds = [k for k in grad_noise.NOISE_KINDS if any(r["noise"] == k for r in rows)]
   cell = {(r["family"], r["noise"]): r for r in rows}
-  plt = common.pyplot()
+  plt = runtime.pyplot()
   fig, ax = plt.subplots(figsize=(7, 3.8))
   width = 0.8 / len(kinds)
   for i, kind in enumerate(kinds):
@@ -435,9 +425,3 @@ def _report_robustness(summaries, baseline, out) -> str:
   fig.savefig(out / "robustness.png", dpi=120)
   plt.close(fig)
   return text
-
-
-main = common.make_main("lm.py", train_and_evaluate)
-
-if __name__ == "__main__":
-  app.run(main)

@@ -1,28 +1,37 @@
 r"""What crosses hosts in one training step: the collectives of the compiled step.
 
-Compiles the step of `multihost_train` for a mesh in ONE process with as many
-CPU devices as the job would have in all, reads the collectives out of the
-optimised HLO (with the trip counts of the loops they sit in), and says which
-ones connect devices of different processes, given ``--devices-per-process``
-(the mesh lists devices process by process, as `jax.make_mesh` does)::
+Compiles the step of `examples.multihost.train` for a mesh in ONE process with
+as many CPU devices as the job would have in all, reads the collectives out of
+the optimised HLO (with the trip counts of the loops they sit in), and says
+which ones connect devices of different processes, given
+``--devices_per_process`` (the mesh lists devices process by process, as
+`jax.make_mesh` does). The model is ``--config`` (default
+``configs/multihost.py``); the mesh is ``config.mesh``, 4,2 when unset::
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-      python examples/multihost_cost.py --mesh 4,2 --devices-per-process 4
+      python -m examples.multihost.cost --config.mesh 4,2 --devices_per_process 4
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
+import pathlib
 import re
-import sys
 
 import jax
+import ml_collections
 import numpy as np
+from absl import app
+from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
 
-import multihost_train as mt
+from examples.common import runtime
+from examples.multihost import train as mt
+
+DEFAULT_MESH = "4,2"
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "multihost.py"
 
 _COLLECTIVE = re.compile(
     r"^\s*%\S+ = (?P<shape>.+?) (?P<kind>all-reduce|all-gather|reduce-scatter|all-to-all|"
@@ -92,8 +101,8 @@ def collectives(hlo: str) -> list[dict]:
   return ops
 
 
-def compiled_step_hlo(config: mt.Config) -> str:
-  mesh = mt.make_mesh(config.mesh)
+def compiled_step_hlo(config: ml_collections.ConfigDict) -> str:
+  mesh = mt.make_mesh(mt.parse_mesh(config.mesh))
   task = mt.make_task(config)
   abstract = mt.abstract_state(config, task, mesh)
   sharding = NamedSharding(mesh, P(mt.DATA_AXIS))
@@ -115,21 +124,30 @@ def cost_table(ops: list[dict], devices_per_process: int) -> dict:
   return dict(table)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--mesh", default="4,2")
-  parser.add_argument("--devices-per-process", type=int, default=4)
-  parser.add_argument("--hidden", type=int, default=32)
-  args = parser.parse_args(argv)
-  config = mt.Config(mesh=tuple(int(v) for v in args.mesh.split(",")), hidden=args.hidden)
-  table = cost_table(collectives(compiled_step_hlo(config)), args.devices_per_process)
-  print(f"mesh (data, model) = {config.mesh}, {jax.device_count()} devices, "
-        f"{args.devices_per_process} per process")
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.default_to_cpu()
+  config = flags.FLAGS.config
+  config.mesh = config.mesh or DEFAULT_MESH
+  devices_per_process = flags.FLAGS.devices_per_process
+  table = cost_table(collectives(compiled_step_hlo(config)), devices_per_process)
+  print(f"mesh (data, model) = {mt.parse_mesh(config.mesh)}, {jax.device_count()} devices, "
+        f"{devices_per_process} per process")
   print(f"{'collective':20s} {'crosses hosts':>13s} {'per step':>9s} {'bytes/step':>11s}")
   for (kind, crosses), (count, nbytes) in sorted(table.items()):
     print(f"{kind:20s} {str(crosses):>13s} {count:9d} {nbytes:11d}")
   return 0
 
 
+def _define_flags() -> None:
+  """The command line's flags (defined only when run, so that importing this defines none)."""
+  config_flags.DEFINE_config_file(
+      "config", str(DEFAULT_CONFIG), "Training config file (the model; config.mesh, default 4,2).",
+      lock_config=False)
+  flags.DEFINE_integer("devices_per_process", 4, "Devices per process of the job being modelled.")
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

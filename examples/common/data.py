@@ -7,6 +7,11 @@
   reproducible for a given Python version. Files are joined with a NUL byte.
 * Vision: scikit-learn's bundled ``digits`` (1797 8x8 images, 10 classes), split
   by ``train_test_split(stratify=labels, random_state=0)``.
+* Sharded training (pjit): token sequences of affine recurrences
+  (`affine_sequences`).
+* Multi-host training: a teacher-labelled Gaussian classification stream in
+  which every example has its own seed (`teacher_rows`), so that a process can
+  read any slice of any batch.
 """
 
 from __future__ import annotations
@@ -116,3 +121,40 @@ def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator
   perm = rng.permutation(n)
   for i in range(n // batch_size):
     yield perm[i * batch_size:(i + 1) * batch_size]
+
+
+def affine_sequences(batch_size: int, seq_len: int, vocab: int,
+                     rng: np.random.Generator) -> Iterator[np.ndarray]:
+  """Sequences of an affine recurrence ``t -> (a t + b) mod vocab``, ``(a, b)`` per sequence.
+
+  Yields int32 arrays of shape ``(batch_size, seq_len + 1)``.
+  """
+  while True:
+    a = rng.integers(1, 4, size=(batch_size, 1))
+    b = rng.integers(0, vocab, size=(batch_size, 1))
+    start = rng.integers(0, vocab, size=(batch_size, 1))
+    seq = [start]
+    for _ in range(seq_len):
+      seq.append((a * seq[-1] + b) % vocab)
+    yield np.concatenate(seq, axis=1).astype(np.int32)
+
+
+def _teacher(seed: int, features: int, classes: int) -> np.ndarray:
+  return np.random.default_rng([seed, 0]).standard_normal((features, classes))
+
+
+def teacher_rows(seed: int, features: int, classes: int, rows: range) -> dict:
+  """The examples at global positions ``rows`` of an endless classification stream.
+
+  Example ``i`` is ``x ~ N(0, I)`` drawn from its own seed ``[seed, 1, i]``,
+  labelled ``argmax(x @ W)`` by a fixed random teacher ``W``. Any slice of any
+  batch can be read without reading the others: a stand-in for a sharded
+  dataset.
+
+  Returns:
+    ``{'x': float32 (len(rows), features), 'y': int32 (len(rows),)}``.
+  """
+  x = np.stack([np.random.default_rng([seed, 1, i]).standard_normal(features)
+                for i in rows]).astype(np.float32)
+  y = np.argmax(x @ _teacher(seed, features, classes), axis=-1).astype(np.int32)
+  return {"x": x, "y": y}

@@ -1,0 +1,1 @@
+"""What the examples share: data, models, optimizers, gradient noise, statistics, runtime."""

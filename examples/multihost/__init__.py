@@ -1,0 +1,1 @@
+"""Multi-host training and orbax checkpoints with ROOT (`python -m examples.multihost.main`)."""
