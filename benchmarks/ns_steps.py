@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import precision
+import root_optax
 from root_optax import calibration
 from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
-from root_optax import newton_schulz as ns_lib
 
 MUON = np.asarray([coefficients_lib.MUON_COEFFICIENTS])
 LARGE = {(4096, 4096), (8192, 8192), (2048, 16384)}  # only with --all
@@ -78,8 +78,8 @@ def momentum_rows(steps, train_steps, every, seed):
     for m in mats:
       polar = precision.polar_factor(m)
       for name, (coeffs, k, norm) in sets[m.shape].items():
-        out = ns_lib.newton_schulz(jnp.asarray(m, jnp.float32), coefficients_lib.steps_schedule(coeffs, k),
-                                   normalization=norm)
+        out = root_optax.newton_schulz(jnp.asarray(m, jnp.float32), coefficients_lib.steps_schedule(coeffs, k),
+                                       normalization=norm)
         errors[m.shape][name].append(
             float(np.linalg.norm(np.asarray(out, np.float64) - polar) / np.linalg.norm(polar)))
   return [{"shape": f"{s[0]}x{s[1]}", **{name: {"mean": float(np.mean(e)), "max": float(np.max(e))}
@@ -125,9 +125,9 @@ def main(argv=None):
   steps = [int(k) for k in args.steps.split(",") if k]
   start = time.perf_counter()
   shapes = [s for s in sorted(coefficients_lib.load_coefficients("ada").shapes) if args.all or s not in LARGE]
-  results = {"gaussian": gaussian_rows(shapes, steps, args.seed),
-             "momenta": momentum_rows(steps, args.train_steps, args.record_every, args.seed)}
+  results = {"gaussian": gaussian_rows(shapes, steps, args.seed)}
   print_gaussian(results["gaussian"], steps)
+  results["momenta"] = momentum_rows(steps, args.train_steps, args.record_every, args.seed)
   print_momenta(results["momenta"], steps)
   print(f"\ntotal {time.perf_counter() - start:.0f} s")
   if args.json:

@@ -5,7 +5,9 @@ Every run is `root()` with its defaults except ``ns_steps`` (and
 (per-shape, per-iteration coefficients fitted for the step count) at 4 and 3.
 The paired comparison is against the default at 5 steps. The same model,
 data, schedule, rate and seeds as ``configs/lm.py``; 4 runs x 3 seeds of 300
-steps, about 8 minutes on a 2-core CPU (two workers).
+steps, about 8 minutes on a 2-core CPU (two workers). Regenerate with::
+
+  python -m examples.lm.main --config configs/lm_ns_steps.py
 """
 
 import ml_collections
