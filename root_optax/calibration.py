@@ -14,7 +14,9 @@ recorded momenta, or a mix; paper Sec. 4.5) by Levenberg-Marquardt in NumPy
 composed polynomial keeps every input of [0, 1] inside the band
 ``[0, max_gain]`` after T steps (`check_safety`), so no spectrum, fitted or
 not, can blow up. Results are cached in memory (`clear_cache`) and optionally
-on disk (``cache_dir``).
+on disk (``cache_dir``), keyed by the shape and its `CalibrationSettings`.
+The spectra (`SpectrumRecorder`) live in `root_optax.spectra`, the polynomial
+maths (`check_safety`) in `root_optax.polynomials`; both are re-exported here.
 """
 
 import dataclasses

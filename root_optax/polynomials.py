@@ -88,7 +88,7 @@ def compose(schedule, x):
 
 
 def composed_polynomial(coeffs: Any, x: Any, ns_steps: int) -> np.ndarray:
-  """Applies ``g_T o ... o g_1`` to scalars ``x`` (the singular-value map).
+  """Applies ``g_T(...g_1(x))`` to scalars ``x`` (the singular-value map).
 
   With ``g_t(s) = a_t s + b_t s^3 + c_t s^5``, the Newton-Schulz iteration maps
   each normalised singular value ``s`` of the input to ``g_T(...g_1(s))``

@@ -103,7 +103,7 @@ class SpectrumRecorder:
 
   Call `record` on what Newton-Schulz will see (the momentum, or the clipped
   momentum with ROOT) every few training steps, then pass the recorder (or its
-  ``spectra``) to `calibrate` as real spectra. Nothing is recorded inside
+  ``spectra``) to `root_optax.calibrate` as real spectra. Nothing is recorded inside
   ``jit``: `record` pulls the arrays to the host.
 
   Attributes:
