@@ -12,9 +12,7 @@ from root_optax.bursts import ClipBurstsState
 from root_optax.bursts import clip_bursts
 from root_optax.calibration_cache import set_calibration_cache_dir
 from root_optax.coefficients import CoefficientTable
-from root_optax.coefficients import composed_polynomial
 from root_optax.coefficients import load_coefficients
-from root_optax.coefficients import polynomial_envelope
 from root_optax.coefficients import preset_names
 from root_optax.diagnostics import diagnostics
 from root_optax.dimensions import DimensionNumbers
@@ -30,6 +28,8 @@ from root_optax.outliers import fast_abs_quantiles
 from root_optax.outliers import soft_threshold
 from root_optax.outliers import soft_threshold_outliers
 from root_optax.outliers import split_outliers
+from root_optax.polynomials import composed_polynomial
+from root_optax.polynomials import polynomial_envelope
 from root_optax.routing import Route
 from root_optax.routing import describe
 from root_optax.routing import routes

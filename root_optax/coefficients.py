@@ -5,7 +5,8 @@ Newton-Schulz coefficients ``(a, b, c)`` of ``g(x) = a x + b x^3 + c x^5`` per
 matrix shape, keyed ``(min(rows, cols), max(rows, cols))``. A table entry is
 either one triple (used at every step, as in the paper) or a list of triples,
 one per iteration (as in Polar Express). The published tables ship as data in
-``root_optax/data/coefficients.json``.
+``root_optax/data/coefficients.json`` (and ``preset_*.json`` beside it); the
+polynomials themselves are in `root_optax.polynomials`.
 """
 
 import dataclasses
@@ -20,22 +21,22 @@ from typing import Any, Union
 import numpy as np
 
 from root_optax import _validation
+# The polynomial maths, used here and re-exported (its public home was here).
+from root_optax.polynomials import (  # pylint: disable=unused-import
+    DEFAULT_MAX_GAIN, Envelope, as_coefficient_array, composed_polynomial, polynomial_envelope,
+    steps_schedule)
 
 ShapeKey = tuple[int, int]
 
 _DATA_PACKAGE = "root_optax.data"
 _PRESET_FILE = "coefficients.json"
 _YAML_SUFFIXES = (".yaml", ".yml")
-MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NORMALIZATIONS = ("frobenius", "schatten4", "aol", "spectral")
 # What `CoefficientTable.lookup` returns for a shape the table does not hold.
 DEFAULT = "default"
 NEAREST = "nearest"
 CALIBRATE = "calibrate"
 FALLBACKS = (DEFAULT, NEAREST, CALIBRATE)
-# A composed polynomial whose maximum over [0, 1] exceeds this is flagged:
-# Muon's own triple peaks at 1.20, the authors' 2048x2048 triple at 3.31.
-DEFAULT_MAX_GAIN = 1.5
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,14 +64,18 @@ class CoefficientTable:
   fallback: str = DEFAULT
 
   def __post_init__(self):
-    # Tables built directly (not by `load_coefficients`) get the same checks.
-    where = f"coefficients[{self.name!r}]"
-    shapes = {shape_key(k): as_coefficient_array(v, f"{where}[{k}]") for k, v in self.shapes.items()}
-    object.__setattr__(self, "default", as_coefficient_array(self.default, f"{where}['default']"))
-    object.__setattr__(self, "shapes", shapes)
-    validate_normalization(self.normalization)
+    # The one place entries are validated; every loader builds a table.
     if self.fallback not in FALLBACKS:
-      raise ValueError(f"{where}: fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+      raise ValueError(f"coefficients table {self.name!r}: fallback must be one of "
+                       f"{FALLBACKS}, got {self.fallback!r}")
+    where = f"coefficients[{self.name!r}]"
+    shapes = {}
+    for key, value in self.shapes.items():
+      m, n = shape_key(key)
+      shapes[(m, n)] = as_coefficient_array(value, f"{where}[{m}x{n}]")
+    object.__setattr__(self, "shapes", shapes)
+    object.__setattr__(self, "default", as_coefficient_array(self.default, f"{where}['default']"))
+    validate_normalization(self.normalization)
 
   def lookup(self, key: ShapeKey) -> tuple[np.ndarray, bool]:
     """Returns ``(coefficients, found)`` for a ``(min, max)`` shape key."""
@@ -86,6 +91,17 @@ class CoefficientTable:
     out = {"default": self.default}
     out.update({f"{m}x{n}": c for (m, n), c in self.shapes.items()})
     return out
+
+  def check_steps(self, ns_steps: int) -> None:
+    """Raises if an entry holds more per-iteration triples than ``ns_steps``.
+
+    Under the ``'calibrate'`` fallback such an entry is refitted for
+    ``ns_steps`` instead, so nothing is checked.
+    """
+    if self.fallback == CALIBRATE:
+      return
+    for key, coeffs in self.entries().items():
+      steps_schedule(coeffs, ns_steps, f"coefficients[{self.name!r}][{key}]")
 
   def to_json_dict(self) -> dict[str, Any]:
     """A JSON-serialisable dict that `load_coefficients` reads back."""
@@ -130,23 +146,8 @@ def shape_key(shape: Sequence[int] | str) -> ShapeKey:
   return (int(min(shape)), int(max(shape)))
 
 
-def as_coefficient_array(value: Any, where: str = "coefficients") -> np.ndarray:
-  """Validates one table entry and returns it as a ``(T, 3)`` float64 array."""
-  try:
-    arr = np.asarray(value, dtype=np.float64)
-  except (TypeError, ValueError) as e:
-    raise ValueError(f"{where} must be numbers (a, b, c) or a list of them, got {value!r}") from e
-  if arr.ndim == 1:
-    arr = arr[None, :]
-  if arr.ndim != 2 or arr.shape[-1] != 3 or arr.shape[0] < 1:
-    raise ValueError(
-        f"{where} must have shape (3,) or (T, 3) with T >= 1, got shape {arr.shape}")
-  if not np.all(np.isfinite(arr)):
-    raise ValueError(f"{where} must be finite, got {arr.tolist()}")
-  return arr
-
-
 def validate_normalization(normalization: str) -> str:
+  """Returns ``normalization`` if it is one of `NORMALIZATIONS`, else raises ValueError."""
   if normalization not in NORMALIZATIONS:
     raise ValueError(
         f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
@@ -178,6 +179,11 @@ def _parse_preset_file(entry) -> Any:
     raise ValueError(f"shipped coefficients file {entry.name!r} does not parse: {e}") from e
 
 
+# Muon's triple (the usual default), as the shipped 'muon' preset holds it.
+MUON_COEFFICIENTS = tuple(
+    _parse_preset_file(resources.files(_DATA_PACKAGE).joinpath(_PRESET_FILE))["muon"]["default"])
+
+
 def _read_table_file(path: str) -> Any:
   try:
     with open(path) as f:
@@ -194,31 +200,19 @@ def _read_table_file(path: str) -> Any:
 
 
 def _table_from_mapping(name: str, data: Mapping) -> CoefficientTable:
-  if "shapes" in data or "default" in data:
-    unknown = set(data) - {"shapes", "default", "normalization", "source", "fallback", "meta"}
-    if unknown:
-      raise ValueError(f"coefficients table {name!r} has unknown fields {sorted(unknown)}")
-    shapes_in = data.get("shapes", {}) or {}
-    default = data.get("default", MUON_COEFFICIENTS)
-    normalization = data.get("normalization", "frobenius")
-    source = data.get("source", "")
-    fallback = data.get("fallback", DEFAULT)
-  else:
-    shapes_in, default, normalization, source = data, MUON_COEFFICIENTS, "frobenius", ""
-    fallback = DEFAULT
-  if fallback not in FALLBACKS:
-    raise ValueError(f"coefficients table {name!r}: fallback must be one of {FALLBACKS}, got {fallback!r}")
-  shapes = {}
-  for key, value in shapes_in.items():
-    k = shape_key(key)
-    shapes[k] = as_coefficient_array(value, f"coefficients[{name!r}][{k[0]}x{k[1]}]")
+  """A table from ``{'default': ..., 'shapes': {...}, ...}`` or a bare ``{'MxN': ...}``."""
+  if not ("shapes" in data or "default" in data):
+    data = {"shapes": data}
+  unknown = set(data) - {"shapes", "default", "normalization", "source", "fallback", "meta"}
+  if unknown:
+    raise ValueError(f"coefficients table {name!r} has unknown fields {sorted(unknown)}")
   return CoefficientTable(
       name=name,
-      default=as_coefficient_array(default, f"coefficients[{name!r}]['default']"),
-      shapes=shapes,
-      normalization=validate_normalization(normalization),
-      source=str(source),
-      fallback=fallback,
+      default=data.get("default", MUON_COEFFICIENTS),
+      shapes=data.get("shapes", {}) or {},
+      normalization=data.get("normalization", "frobenius"),
+      source=str(data.get("source", "")),
+      fallback=data.get("fallback", DEFAULT),
   )
 
 
@@ -258,72 +252,11 @@ def load_coefficients(spec: CoefficientSpec) -> CoefficientTable:
   if isinstance(spec, Mapping):
     return _table_from_mapping("custom", spec)
   if isinstance(spec, (Sequence, np.ndarray)):
-    return CoefficientTable(
-        name="custom", default=as_coefficient_array(spec), shapes={})
+    # One entry for every shape: errors name it as the caller does.
+    return CoefficientTable(name="custom", default=as_coefficient_array(spec), shapes={})
   raise TypeError(
       "coefficients must be a preset name, a path, a mapping, a sequence of "
       f"triples or a CoefficientTable, got {type(spec).__name__}")
-
-
-def steps_schedule(coeffs: np.ndarray, ns_steps: int, where: str = "coefficients") -> np.ndarray:
-  """Expands ``(T, 3)`` coefficients to exactly ``ns_steps`` rows.
-
-  A single triple is used at every step; a per-iteration list shorter than
-  ``ns_steps`` repeats its last triple; a longer one is an error (truncating a
-  schedule fitted for T steps would drop its converging tail).
-  """
-  _validation.positive_int("ns_steps", ns_steps)
-  coeffs = as_coefficient_array(coeffs, where)
-  if coeffs.shape[0] > ns_steps:
-    raise ValueError(
-        f"{where} has {coeffs.shape[0]} per-iteration triples but ns_steps="
-        f"{ns_steps}; set ns_steps >= {coeffs.shape[0]}")
-  pad = np.repeat(coeffs[-1:], ns_steps - coeffs.shape[0], axis=0)
-  return np.concatenate([coeffs, pad], axis=0)
-
-
-def composed_polynomial(coeffs: np.ndarray, x: np.ndarray, ns_steps: int) -> np.ndarray:
-  """Applies ``g_T(...g_1(x))`` to scalars ``x`` (the singular-value map).
-
-  With ``g_t(s) = a_t s + b_t s^3 + c_t s^5``, the Newton-Schulz iteration maps
-  each normalised singular value ``s`` of the input to ``g_T(...g_1(s))``
-  (paper Eq. 3); the ideal is 1 for every ``s > 0``.
-  """
-  y = np.asarray(x, dtype=np.float64)
-  for a, b, c in steps_schedule(coeffs, ns_steps):
-    y2 = y * y
-    y = y * (a + y2 * (b + c * y2))
-  return y
-
-
-@dataclasses.dataclass(frozen=True)
-class Envelope:
-  """Range of the composed polynomial on the unit interval."""
-
-  max_value: float
-  argmax: float
-  min_value: float  # over [min_input, 1]
-  min_input: float
-
-
-def polynomial_envelope(
-    coeffs: np.ndarray, ns_steps: int, num_points: int = 200_001, min_input: float = 0.01,
-) -> Envelope:
-  """Max of ``|g^(T)|`` over [0, 1] and its min over ``[min_input, 1]``.
-
-  A normalised singular value lies in [0, 1] (Frobenius and Schatten-4
-  normalisation both guarantee it), so this bounds what T steps can do to any
-  input spectrum, not only the one the coefficients were fitted on.
-  """
-  _validation.positive_int("num_points", num_points)
-  if num_points < 2:
-    raise ValueError(f"num_points must be >= 2, got {num_points}")
-  _validation.in_range("min_input", min_input, 0.0, 1.0)
-  x = np.linspace(0.0, 1.0, num_points)
-  y = np.abs(composed_polynomial(coeffs, x, ns_steps))
-  i = int(np.argmax(y))
-  lo = x >= min_input
-  return Envelope(float(y[i]), float(x[i]), float(y[lo].min()), min_input)
 
 
 def unsafe_entries(

@@ -170,9 +170,7 @@ def ada_newton_orthogonalize(
         f"coefficients {table.name!r} can be fitted for normalization "
         f"{calibration.CALIBRATION_NORMALIZATIONS}, got normalization={normalization!r}; "
         "pass a fixed table (e.g. 'muon') or one of those")
-  for key, value in table.entries().items():
-    if not (calibrates and not _fits(value, ns_steps)):
-      coefficients_lib.steps_schedule(value, ns_steps, f"coefficients[{table.name!r}][{key}]")
+  table.check_steps(ns_steps)
   coefficients_lib.warn_if_unsafe(table, ns_steps, max_gain)
   resolved: dict = {}  # (min, max) -> (ns_steps, 3) coefficients, for this transform
   reported: list = [False]

@@ -13,6 +13,7 @@ import pytest
 
 import _reference
 import root_optax
+from root_optax import _fit
 from root_optax import calibration
 from root_optax import calibration_cache
 from root_optax import cli
@@ -124,7 +125,7 @@ def test_selection_drops_a_better_but_unsafe_set():
   loss = lambda c: np.sum(w * (coefficients.composed_polynomial(c, x, 5) - 1) ** 2)
   assert loss(REFERENCE_SQUARE) < loss(_reference.MUON)  # it fits better (REFERENCE.md)
   cands = {"reference": np.array([REFERENCE_SQUARE]), "muon": np.array([_reference.MUON])}
-  name, _, _, safety = calibration._select(cands, x, w, 5, 1.5)
+  name, _, _, safety = _fit.select_safe(cands, x, w, 5, 1.5)
   assert name == "muon" and safety.safe
 
 
