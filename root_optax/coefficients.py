@@ -236,6 +236,7 @@ def load_coefficients(spec: CoefficientSpec) -> CoefficientTable:
   """
   if isinstance(spec, CoefficientTable):
     return spec
+  name = _validation.shown("coefficients")  # `root()` calls it ns_coeffs
   if isinstance(spec, (str, os.PathLike)):
     text = os.fspath(spec)
     presets = _read_presets()
@@ -247,15 +248,15 @@ def load_coefficients(spec: CoefficientSpec) -> CoefficientTable:
         raise ValueError(f"coefficients file {text!r} must hold a mapping, got {type(data).__name__}")
       return _table_from_mapping(os.path.basename(text), data)
     raise ValueError(
-        f"coefficients must be a preset in {preset_names()} or an existing "
+        f"{name} must be a preset in {preset_names()} or an existing "
         f"JSON/YAML file, got {text!r}")
   if isinstance(spec, Mapping):
     return _table_from_mapping("custom", spec)
   if isinstance(spec, (Sequence, np.ndarray)):
     # One entry for every shape: errors name it as the caller does.
-    return CoefficientTable(name="custom", default=as_coefficient_array(spec), shapes={})
+    return CoefficientTable(name="custom", default=as_coefficient_array(spec, name), shapes={})
   raise TypeError(
-      "coefficients must be a preset name, a path, a mapping, a sequence of "
+      f"{name} must be a preset name, a path, a mapping, a sequence of "
       f"triples or a CoefficientTable, got {type(spec).__name__}")
 
 

@@ -39,6 +39,7 @@ def as_coefficient_array(value: Any, where: str = "coefficients") -> np.ndarray:
     ValueError: if ``value`` is not numbers, not of shape ``(3,)`` or
       ``(T, 3)`` with ``T >= 1``, or not finite.
   """
+  where = _validation.shown(where)
   try:
     arr = np.asarray(value, dtype=np.float64)
   except (TypeError, ValueError) as e:
@@ -61,6 +62,7 @@ def steps_schedule(coeffs: Any, ns_steps: int, where: str = "coefficients") -> n
   schedule fitted for T steps would drop its converging tail).
   """
   _validation.positive_int("ns_steps", ns_steps)
+  where = _validation.shown(where)
   coeffs = as_coefficient_array(coeffs, where)
   if coeffs.shape[0] > ns_steps:
     raise ValueError(
