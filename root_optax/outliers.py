@@ -4,7 +4,8 @@ ROOT splits the momentum ``M`` into outliers ``O = T_eps[M]`` (the soft
 threshold, paper Eq. 8-9) and a base ``B = M - O``, and orthogonalises only
 ``B``. Elementwise ``M - T_eps[M] == clip(M, -eps, eps)``, so the base is a clip
 at ``eps``, and the outlier part is discarded. ``eps`` is the ``p``-quantile of
-``|M|`` over each whole matrix (reference script: ``p = 0.90``, plus 1e-9).
+``|M|`` over each whole matrix (reference script: ``p = 0.90``, plus 1e-9), by a
+full sort or a counting search (`exact_abs_quantile`, `fast_abs_quantiles`).
 """
 
 from typing import Any, NamedTuple, Optional
@@ -17,7 +18,7 @@ from root_optax import _quantile_search
 from root_optax import _validation
 from root_optax import dimensions
 from root_optax import labels as labels_lib
-# Re-exported: the quantile methods and functions are used from this module.
+# The quantile methods and functions, re-exported: root_optax and its callers import them from here.
 from root_optax._quantile_search import EXACT, FAST, METHODS  # noqa: F401
 from root_optax._quantile_search import _distributed
 from root_optax._quantile_search import exact_abs_quantile, fast_abs_quantiles  # noqa: F401
