@@ -23,8 +23,8 @@ from root_optax.newton_schulz import newton_schulz
 from root_optax.orthogonalize import ada_newton_orthogonalize
 from root_optax.outliers import OutlierStats
 from root_optax.outliers import SoftThresholdState
-from root_optax.outliers import exact_abs_quantile
-from root_optax.outliers import fast_abs_quantiles
+from root_optax.quantiles import exact_abs_quantile
+from root_optax.quantiles import fast_abs_quantiles
 from root_optax.outliers import soft_threshold
 from root_optax.outliers import soft_threshold_outliers
 from root_optax.outliers import split_outliers

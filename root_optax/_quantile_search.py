@@ -1,6 +1,6 @@
-"""Quantiles of ``|m|`` over each matrix, by a full sort or by counting passes.
+"""The exact-order-statistic search behind `root_optax.quantiles.fast_abs_quantiles`.
 
-`fast_abs_quantiles` finds the order statistic ``p (n - 1)`` of ``|m|``
+`search` finds the order statistic ``p (n - 1)`` of ``|m|``
 without sorting ``m``: it sorts a strided sample of about 1024 entries and
 reads four probes around the target rank (sample); one pass counts the
 entries ``<= probe`` at each, and the two probes beside the rank bracket it
@@ -18,12 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from root_optax import _validation
-from root_optax import labels as labels_lib
-
-EXACT = "exact"  # a full sort (`exact_abs_quantile`)
-FAST = "fast"  # the counting search (`fast_abs_quantiles`)
-METHODS = (EXACT, FAST)
+from root_optax import sharding as sharding_lib
+from root_optax import stacking
 
 _SAMPLE = 1024  # entries sampled per matrix: a cheap sort that places the first probes well
 # The first pass counts at the sample's order statistics this many binomial
@@ -47,90 +43,7 @@ NARROWING = 1  # counts at interpolated or evenly spaced probes until every brac
 DONE = 2  # the values are written
 
 
-def exact_abs_quantile(m: jax.Array, quantile: jax.typing.ArrayLike) -> jax.Array:
-  """``quantile(|m|, p)`` over the last two axes by a full sort.
-
-  Linear interpolation between order statistics, as ``torch.quantile`` and
-  ``numpy.quantile`` default to.
-
-  Returns:
-    An array of shape ``m.shape[:-2]``, in at least float32.
-  """
-  check_quantile_args([m], quantile)
-  a = _abs_float32(m)
-  flat = a.reshape(a.shape[:-2] + (-1,))
-  return jnp.quantile(flat, quantile, axis=-1, method="linear")
-
-
-def fast_abs_quantiles(ms: list[jax.Array], quantile: jax.typing.ArrayLike,
-                       rank_tolerance: float = 0.0) -> list[jax.Array]:
-  """``quantile(|m|, p)`` over the last two axes of each ``m``, without a full sort.
-
-  A sorted sample of about 1024 entries per matrix places four probes
-  around the order statistic ``p (n - 1)``; one counting pass brackets it
-  between two of them. A safeguarded interpolation search (four probes per
-  counting pass, passes shared by all matrices) then narrows the bracket.
-  With ``rank_tolerance=0`` it goes on until one last pass reads the two
-  order statistics around ``p (n - 1)``, then interpolates linearly: the
-  value of `exact_abs_quantile` up to float rounding (rank error 0),
-  whatever the sample. Otherwise it stops once an end of the bracket is
-  within ``floor(rank_tolerance * n)`` entries of the quantile (or the
-  bracket holds that few, and it interpolates inside), so at most that many
-  entries lie between the result and the exact quantile; that result
-  depends on the search path, so it is not continuous in ``m``.
-
-  Args:
-    ms: Arrays of at least two dimensions.
-    quantile: ``p`` in [0, 1].
-    rank_tolerance: Largest rank error allowed, as a fraction of each
-      matrix's entries, in [0, 1).
-
-  Returns:
-    One float32 array of shape ``m.shape[:-2]`` per input.
-  """
-  check_quantile_args(ms, quantile)
-  _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
-  stacks = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
-  values = _fast_values(stacks, quantile, rank_tolerance)
-  return [v.reshape(m.shape[:-2]) for m, v in zip(ms, values)]
-
-
-def stack_quantiles(stacks: dict, quantile, method: str, rank_tolerance) -> dict:
-  """Per key, the quantile of each matrix of a ``(b, rows, cols)`` stack (a float32 vector)."""
-  if method == EXACT:
-    return {key: exact_abs_quantile(stack, quantile) for key, stack in stacks.items()}
-  return dict(zip(stacks, _fast_values(list(stacks.values()), quantile, rank_tolerance)))
-
-
-def check_quantile_args(ms, quantile) -> None:
-  """Raises ValueError unless ``0 <= quantile <= 1`` and every ``m`` has two axes or more."""
-  _validation.in_range("quantile", quantile, 0.0, 1.0)
-  for m in ms:
-    if jnp.ndim(m) < 2:
-      raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
-
-
-def over_entries(v: jax.Array) -> jax.Array:
-  """A per-matrix vector shaped to broadcast over each matrix's entries."""
-  return v[:, None, None]
-
-
-def _distributed(m: jax.Array) -> bool:
-  """True when ``m`` is sharded in its type or traced under a multi-device mesh.
-
-  Such matrices are neither concatenated with others nor sampled (either
-  could gather them), and use one reduction per quantity, which XLA's
-  partitioner turns into an all-reduce of per-device partial results.
-  """
-  sharding = getattr(jax.typeof(m), "sharding", None)
-  spec = getattr(sharding, "spec", None)
-  if spec is not None and not sharding.mesh.empty and any(s is not None for s in spec):
-    return True
-  context = jax.sharding.get_abstract_mesh()
-  return not context.empty and context.size > 1
-
-
-def _abs_float32(m: jax.Array) -> jax.Array:
+def abs_float32(m: jax.Array) -> jax.Array:
   """``|m|`` in float32, or in ``m``'s dtype where that is wider."""
   dtype = jnp.promote_types(m.dtype, jnp.float32)
   return jnp.abs(m.astype(dtype))
@@ -144,8 +57,11 @@ def _as_bits(x: jax.Array) -> jax.Array:
   return jax.lax.bitcast_convert_type(x, jnp.int32)
 
 
-def _fast_values(stacks: list[jax.Array], quantile, rank_tolerance) -> list[jax.Array]:
-  """`fast_abs_quantiles` of ``(b, rows, cols)`` stacks: one float32 vector per stack."""
+def search(stacks: list[jax.Array], quantile, rank_tolerance) -> list[jax.Array]:
+  """The quantile of ``|m|`` of each matrix of ``(b, rows, cols)`` stacks: one float32 vector per stack.
+
+  See `root_optax.quantiles.fast_abs_quantiles`.
+  """
   if not stacks:
     return []
   sizes = [s.shape[-2] * s.shape[-1] for s in stacks]
@@ -237,8 +153,8 @@ def _problem(stacks, ranks, fracs, slacks) -> _Problem:
   # low-precision input could round differently from pass to pass (XLA drops
   # convert pairs in some fusions), and the counts would disagree. Float32
   # needs no copy, its |m| is exact.
-  stacks = [m if m.dtype == jnp.float32 else _abs_float32(m).astype(jnp.float32) for m in stacks]
-  sampled = [None if _distributed(m) else _sample_probes(m, r) for m, r in zip(stacks, ranks)]
+  stacks = [m if m.dtype == jnp.float32 else abs_float32(m).astype(jnp.float32) for m in stacks]
+  sampled = [None if sharding_lib.is_distributed(m) else _sample_probes(m, r) for m, r in zip(stacks, ranks)]
   has_sample = _per_matrix([p is not None for p in sampled], sizes, bool)
   sample = [jnp.concatenate([p[k] if p is not None else jnp.zeros((s,), jnp.int32)
                              for p, s in zip(sampled, sizes)]) for k in range(len(_SAMPLE_SIGMAS))]
@@ -247,7 +163,7 @@ def _problem(stacks, ranks, fracs, slacks) -> _Problem:
 
 def _split(v: jax.Array, sizes: list[int]) -> list[jax.Array]:
   """Cuts a vector over every matrix into one piece per stack."""
-  return [v[o:o + n] for o, n in zip(labels_lib.offsets(sizes), sizes)]
+  return [v[o:o + n] for o, n in zip(stacking.offsets(sizes), sizes)]
 
 
 def _per_matrix(values: list, sizes: list[int], dtype=jnp.int32) -> jax.Array:
@@ -350,10 +266,10 @@ def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
   whose reductions XLA:CPU compiles several times faster than int32 ones;
   exact up to 2**24 entries, so larger matrices are counted per row first.
   """
-  a = _abs_float32(m)
-  masks = [(a <= over_entries(_as_float(v))).astype(jnp.float32) for v in probes]
+  a = abs_float32(m)
+  masks = [(a <= stacking.over_entries(_as_float(v))).astype(jnp.float32) for v in probes]
   if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
-    sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not _distributed(m))
+    sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not sharding_lib.is_distributed(m))
     return [c.astype(jnp.int32) for c in sums]
   rows = [jnp.sum(x, axis=-1).astype(jnp.int32) for x in masks]
   return [jnp.sum(r, axis=-1) for r in rows]
@@ -384,7 +300,7 @@ def _sample_probes(m: jax.Array, rank) -> list[jax.Array]:
   n = rows * cols
   stride = _sample_stride(rows, cols)
   k = -(-n // stride)
-  sample = jnp.sort(_as_bits(_abs_float32(m)).reshape(batch, n)[:, ::stride], axis=-1)
+  sample = jnp.sort(_as_bits(abs_float32(m)).reshape(batch, n)[:, ::stride], axis=-1)
   static = isinstance(rank, int)
   math_lib = np if static else jnp
   share = (math_lib.float32(rank) + 0.5) / n
@@ -485,13 +401,13 @@ def _estimate(b: Bracket, rank, frac, slack, ends) -> jax.Array:
 
 def _read_pair(m: jax.Array, b: Bracket, rank) -> tuple[jax.Array, jax.Array]:
   """Order statistics ``rank`` and ``rank + 1`` (bit patterns) from a settled bracket, one pass."""
-  a = _abs_float32(m)
+  a = abs_float32(m)
   bits = _as_bits(a)  # selected by bit pattern (see `_counts_le`), reduced as floats
   n = m.shape[-2] * m.shape[-1]
-  lo_m, hi_m = over_entries(b.lo), over_entries(b.hi)
+  lo_m, hi_m = stacking.over_entries(b.lo), stacking.over_entries(b.hi)
   above_lo, upto_hi, above_hi = (_as_bits(v) for v in _reduce_matrices(
       [jnp.where(bits > lo_m, a, jnp.inf), jnp.where(bits <= hi_m, a, -1.0), jnp.where(bits > hi_m, a, jnp.inf)],
-      [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not _distributed(m)))
+      [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not sharding_lib.is_distributed(m)))
   # c_hi == rank + 1: rank is the largest entry <= hi, rank + 1 the smallest above.
   # c_lo == rank, c_hi == rank + 2: the two entries in (lo, hi].
   # hi - lo <= 1: every entry in (lo, hi] equals hi.

@@ -14,6 +14,7 @@ from root_optax import labels as labels_lib
 from root_optax import momentum as momentum_lib
 from root_optax import orthogonalize
 from root_optax import outliers
+from root_optax import quantiles
 from root_optax import routing
 from root_optax import scaling as scaling_lib
 from root_optax import sharding as sharding_lib
@@ -72,7 +73,7 @@ def root(
     burst_decay: float = 0.95,
     quantile: Optional[float] = None,
     threshold: Optional[float] = None,
-    threshold_method: str = outliers.FAST,
+    threshold_method: str = quantiles.FAST,
     threshold_rank_tolerance: float = 0.0,
     calibration_cache_dir: calibration_cache.CacheDir = None,
     compute_dtype: Optional[Any] = None,

@@ -1,9 +1,8 @@
-"""Which leaf gets what: ROOT vs AdamW labels, and shape groups for batching.
+"""Which leaf gets what: ROOT vs AdamW labels, and their alignment inside the ROOT branch.
 
 `root()` sends matrix leaves through the ROOT chain and every other leaf through
-AdamW with `optax.partition`. Inside the ROOT chain, matrices of one
-``(min, max)`` shape and dtype are stacked and orthogonalised together, so the
-traced program holds one Newton-Schulz loop per distinct shape.
+AdamW with `optax.partition`; inside the ROOT branch, dimension numbers and the
+weight-decay mask are aligned with the leaves the partition lets through.
 """
 
 from collections.abc import Callable, Sequence
@@ -146,96 +145,3 @@ def branch_mask(mask: Any) -> Any:
   if mask is None or callable(mask):
     return mask
   return lambda params: mask_like(mask, params)
-
-
-def shape_groups(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[Any]) -> dict[tuple, list[int]]:
-  """Groups matrix batches by ``(min(rows, cols), max(rows, cols), dtype)``.
-
-  Args:
-    shapes: ``(batch, rows, cols)`` of each matrix batch.
-    dtypes: Their dtypes.
-
-  Returns:
-    ``{(min, max, dtype_name): [indices]}`` in first-seen order.
-  """
-  groups: dict[tuple, list[int]] = {}
-  for i, (shape, dtype) in enumerate(zip(shapes, dtypes)):
-    rows, cols = shape[-2:]
-    key = (min(rows, cols), max(rows, cols), jnp.dtype(dtype).name)
-    groups.setdefault(key, []).append(i)
-  return groups
-
-
-def orient_wide(m: jax.Array) -> jax.Array:
-  """Makes each matrix wide (rows <= cols): the Gram matrix is then the small one."""
-  return jnp.swapaxes(m, -1, -2) if m.shape[-2] > m.shape[-1] else m
-
-
-def stack_groups(mats: list[jax.Array]) -> tuple[dict, list]:
-  """Orients matrix batches wide and concatenates those of one shape and dtype.
-
-  The outlier threshold and Newton-Schulz stack alike, so that in `root()`
-  the second's concatenation of the first's per-leaf slices is the first's
-  stack again (XLA compiles one copy per group, not one kernel per leaf).
-
-  Returns:
-    ``(stacks, plan)``: ``stacks`` maps a group key ``(min, max, dtype)`` to a
-    ``(sum of batches, min, max)`` array; ``plan`` is what `unstack_groups`
-    needs to cut the results back.
-  """
-  groups = shape_groups([m.shape for m in mats], [m.dtype for m in mats])
-  stacks, plan = {}, []
-  for key, members in groups.items():
-    parts = [orient_wide(mats[i]) for i in members]
-    stacks[key] = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
-    plan.append((key, members, [p.shape[0] for p in parts]))
-  return stacks, plan
-
-
-def unstack_groups(results: dict, plan: list, mats: list[jax.Array],
-                   opaque_offsets: bool = False) -> list[jax.Array]:
-  """Inverse of `stack_groups`: one array per input, in input order and shape.
-
-  Args:
-    results: Per group key, the stacked results.
-    plan: From `stack_groups`.
-    mats: The inputs of `stack_groups`.
-    opaque_offsets: Cut at offsets XLA cannot constant-fold (see
-      `_opaque_offsets`): every cut of one shape then compiles to one shared
-      kernel, instead of one kernel per leaf. Only for unsharded stacks: a
-      dynamic offset into a sharded axis would gather it.
-  """
-  cuts = [(key, i, start, size) for key, members, sizes in plan
-          for i, start, size in zip(members, offsets(sizes), sizes)]
-  starts = [start for _, _, start, _ in cuts]
-  like = next(iter(results.values()), None)
-  opaque = opaque_offsets and len(cuts) > 1 and like.size > 0
-  if opaque:
-    starts = _opaque_offsets(starts, like)
-  out = [None] * len(mats)
-  for (key, i, _, size), start in zip(cuts, starts):
-    part = jax.lax.dynamic_slice_in_dim(results[key], start, size) if opaque else results[key][start:start + size]
-    out[i] = part if part.shape == mats[i].shape else jnp.swapaxes(part, -1, -2)
-  return out
-
-
-def offsets(sizes: list[int]) -> list[int]:
-  """Where each of consecutive parts of these sizes starts."""
-  return [sum(sizes[:i]) for i in range(len(sizes))]
-
-
-def _opaque_offsets(starts: list[int], like: jax.Array) -> list[jax.Array]:
-  """``starts`` as int32 scalars whose values XLA cannot see while compiling.
-
-  XLA:CPU compiles each distinct kernel, and a slice at a constant offset is
-  part of its consumer's kernel: unstacking 192 leaves made 192 kernels
-  (~3 s of compile time on a 48-layer GPT). At offsets it cannot fold, the
-  kernels of one shape are identical and compile once. The offsets pass
-  through a ``while`` loop whose trip count (1, or 0 when ``like``'s first
-  entry is NaN) depends on data; either way they come out unchanged.
-  """
-  first = like.reshape(-1)[0]
-  runs = (first == first).astype(jnp.int32)
-  init = (jnp.int32(0), tuple(jnp.int32(o) for o in starts))
-  body = lambda c: (c[0] + 1, tuple(jnp.maximum(v, o) for v, o in zip(c[1], starts)))
-  return list(jax.lax.while_loop(lambda c: c[0] < runs, body, init)[1])

@@ -14,14 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from root_optax import _quantile_search
 from root_optax import _validation
 from root_optax import dimensions
-from root_optax import labels as labels_lib
-# The quantile methods and functions, re-exported: root_optax and its callers import them from here.
-from root_optax._quantile_search import EXACT, FAST, METHODS  # noqa: F401
-from root_optax._quantile_search import _distributed
-from root_optax._quantile_search import exact_abs_quantile, fast_abs_quantiles  # noqa: F401
+from root_optax import quantiles
+from root_optax import stacking
+from root_optax.quantiles import FAST, METHODS
 
 REFERENCE_OFFSET = 1e-9  # the reference script adds this to the quantile
 
@@ -39,47 +36,6 @@ def split_outliers(m: jax.Array, eps: jax.typing.ArrayLike) -> tuple[jax.Array, 
   eps = jnp.asarray(eps, m.dtype)
   base = jnp.clip(m, -eps, eps)
   return base, m - base
-
-
-def _groups(mats: list[jax.Array]) -> tuple[dict, list]:
-  """`labels.stack_groups` of ``(b, rows, cols)`` batches; one group per matrix batch if any is distributed.
-
-  Distributed matrices (see `_distributed`) are not concatenated: same-shape
-  leaves may be sharded differently, and a concatenation would gather some.
-  Per leaf, the fast search only all-reduces counts.
-  """
-  if any(_distributed(m) for m in mats):
-    return dict(enumerate(mats)), [(i, [i], [m.shape[0]]) for i, m in enumerate(mats)]
-  return labels_lib.stack_groups(mats)
-
-
-def _per_member(vectors: dict, plan: list) -> dict:
-  """Cuts per-group vectors (one entry per stacked matrix) into per-input pieces."""
-  out = {}
-  for key, members, sizes in plan:
-    for i, start, size in zip(members, labels_lib.offsets(sizes), sizes):
-      out[i] = vectors[key][start:start + size]
-  return out
-
-
-def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST,
-                  rank_tolerance: float = 0.0) -> list[jax.Array]:
-  """`exact_abs_quantile` or `fast_abs_quantiles` (within ``rank_tolerance``) for a list of matrix batches.
-
-  Matrices of one shape and dtype (up to transposition) are concatenated
-  into one stack first, as `labels.stack_groups` does, so the compiled step
-  holds one quantile computation per shape, not per leaf.
-
-  Returns:
-    One float32 array of shape ``m.shape[:-2]`` per input.
-  """
-  _quantile_search.check_quantile_args(ms, quantile)
-  _validation.one_of("method", method, METHODS)
-  _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
-  flat = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
-  stacks, plan = _groups(flat)
-  values = _per_member(_quantile_search.stack_quantiles(stacks, quantile, method, rank_tolerance), plan)
-  return [values[i].reshape(m.shape[:-2]) for i, m in enumerate(ms)]
 
 
 def _propagate_infinities(m: jax.Array, base: jax.Array) -> jax.Array:
@@ -109,14 +65,6 @@ class OutlierStats(NamedTuple):
   removed_norm: jax.Array
 
 
-def frobenius_norms(m: jax.Array) -> jax.Array:
-  """``||m||_F`` of each ``(b, rows, cols)`` matrix in float32, without overflow for huge entries."""
-  a = jnp.abs(m.astype(jnp.float32))
-  top = jnp.max(a, axis=(1, 2))
-  safe = jnp.where(top > 0, top, 1.0)
-  return top * jnp.sqrt(jnp.sum(jnp.square(a / safe[:, None, None]), axis=(1, 2)))
-
-
 class SoftThresholdState(NamedTuple):
   """State of `soft_threshold_outliers`.
 
@@ -130,29 +78,6 @@ class SoftThresholdState(NamedTuple):
 
   outlier_fraction: Optional[Any]
   stats: Optional[dict] = None
-
-
-def trees_of_fields(cls, entries: list, treedef) -> Any:
-  """One ``cls`` of param-like trees from one ``cls`` (or `optax.MaskedNode`) per leaf.
-
-  Per-field trees of arrays, not trees of NamedTuples: containers such as
-  ``nnx.Optimizer`` wrap each param-like leaf and would rebuild a NamedTuple
-  leaf as another type (a retrace per step).
-  """
-  masked = lambda e: isinstance(e, optax.MaskedNode)
-  return cls(*(jax.tree.unflatten(treedef, [e if masked(e) else e[k] for e in entries])
-               for k in range(len(cls._fields))))
-
-
-def per_leaf_entries(stats: NamedTuple, treedef) -> list:
-  """Inverse of `trees_of_fields`: one ``type(stats)`` or `optax.MaskedNode` per leaf."""
-  fields = [treedef.flatten_up_to(tree) for tree in stats]
-  return [f[0] if isinstance(f[0], optax.MaskedNode) else type(stats)(*f) for f in zip(*fields)]
-
-
-def matrix_shape_array(rows: int, cols: int) -> jax.Array:
-  """``(min, max)`` as an int32 array: a leaf's shape group, kept in per-leaf states."""
-  return jnp.asarray([min(rows, cols), max(rows, cols)], jnp.int32)
 
 
 def soft_threshold_outliers(
@@ -229,52 +154,45 @@ def soft_threshold_outliers(
     def stats(leaf, dims):
       batch, rows, cols = dimensions.matrix_shape(leaf.shape, dims)
       zeros = jnp.zeros([batch], jnp.float32)
-      return OutlierStats(matrix_shape_array(rows, cols), zeros, zeros, zeros)
+      return OutlierStats(stacking.matrix_shape_array(rows, cols), zeros, zeros, zeros)
 
     fractions = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
     entries, treedef = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
-    return SoftThresholdState(fractions, {name: trees_of_fields(OutlierStats, entries, treedef)})
+    return SoftThresholdState(fractions, {name: stacking.trees_of_fields(OutlierStats, entries, treedef)})
 
   def thresholds(stacks):
     if threshold is not None:
       return {key: jnp.full(s.shape[:1], threshold, jnp.float32) for key, s in stacks.items()}
-    values = _quantile_search.stack_quantiles(stacks, quantile, method, rank_tolerance)
+    values = quantiles.stack_quantiles(stacks, quantile, method, rank_tolerance)
     return {key: multiplier * v + offset for key, v in values.items()}
 
   def update_fn(updates, state, params=None):
     del params
-    leaves, treedef = jax.tree.flatten(updates)
-    dims = dimensions.resolve(weight_dimension_numbers, updates)
-    picked = [i for i, d in enumerate(dims) if d is not None]
-    mats = [dimensions.to_matrices(leaves[i], dims[i]) for i in picked]
-    # Clipped as stacks, as Newton-Schulz stacks them next (see `labels.stack_groups`).
-    stacks, plan = _groups(mats)
+    views = stacking.matrix_leaves(updates, weight_dimension_numbers)
+    # Clipped as stacks, as Newton-Schulz stacks them next.
+    stacks, plan = quantiles.stack_matrices(views.matrices)
     bases, figures = {}, {}
     for key, eps in thresholds(stacks).items():
-      base, outliers = split_outliers(stacks[key], _quantile_search.over_entries(eps))
+      base, outliers = split_outliers(stacks[key], stacking.over_entries(eps))
       bases[key] = _propagate_infinities(stacks[key], base)
       if track_outliers:
-        figures[key] = (
-            jnp.mean((outliers != 0).astype(jnp.float32), axis=(1, 2)), eps,
-            frobenius_norms(outliers))
-    new_leaves = list(leaves)
-    for i, base in zip(picked, labels_lib.unstack_groups(bases, plan, mats)):
-      new_leaves[i] = dimensions.from_matrices(base, leaves[i].shape, dims[i])
+        figures[key] = OutlierStats(None, jnp.mean((outliers != 0).astype(jnp.float32), axis=(1, 2)),
+                                    eps, stacking.frobenius_norms(outliers))
+    new_updates = views.rebuild(stacking.unstack(bases, plan, views.matrices))
     if track_outliers:
-      state = _tracked_state(figures, plan, mats, picked, leaves, treedef, name)
-    return jax.tree.unflatten(treedef, new_leaves), state
+      state = _tracked_state(figures, plan, views, name)
+    return new_updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _tracked_state(figures, plan, mats, picked, leaves, treedef, name) -> SoftThresholdState:
-  """Per-group figures (clipped fraction, threshold, removed norm) cut back per leaf."""
-  per_input = [_per_member({k: f[n] for k, f in figures.items()}, plan) for n in range(3)]
-  fractions = [jnp.zeros([], jnp.float32) for _ in leaves]
-  per_leaf = [optax.MaskedNode() for _ in leaves]
-  for j, i in enumerate(picked):
-    fractions[i] = jnp.mean(per_input[0][j])
-    per_leaf[i] = OutlierStats(matrix_shape_array(*mats[j].shape[-2:]),
-                               *(values[j] for values in per_input))
-  return SoftThresholdState(jax.tree.unflatten(treedef, fractions),
-                            {name: trees_of_fields(OutlierStats, per_leaf, treedef)})
+def _tracked_state(figures: dict, plan: list, views: stacking.MatrixLeaves, name: str) -> SoftThresholdState:
+  """Per-stack figures (clipped fraction, threshold, removed norm) cut back per leaf."""
+  fields = [stacking.per_member({key: f[n] for key, f in figures.items()}, plan) for n in (1, 2, 3)]
+  per_matrix = [OutlierStats(stacking.matrix_shape_array(*m.shape[-2:]), *(f[j] for f in fields))
+                for j, m in enumerate(views.matrices)]
+  fractions = views.per_leaf([jnp.mean(s.clipped_fraction) for s in per_matrix],
+                             lambda: jnp.zeros([], jnp.float32))
+  stats = views.per_leaf(per_matrix, optax.MaskedNode)
+  return SoftThresholdState(jax.tree.unflatten(views.treedef, fractions),
+                            {name: stacking.trees_of_fields(OutlierStats, stats, views.treedef)})

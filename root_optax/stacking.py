@@ -117,6 +117,11 @@ def unstack(results: dict[GroupKey, jax.Array], plan: list[Members], mats: Seque
   return out
 
 
+def over_entries(v: jax.Array) -> jax.Array:
+  """A per-matrix vector shaped to broadcast over each matrix of a stack."""
+  return v[:, None, None]
+
+
 def per_member(vectors: dict[GroupKey, jax.Array], plan: list[Members]) -> dict[int, jax.Array]:
   """Cuts per-stack vectors (one entry per stacked matrix) into per-input pieces."""
   out = {}

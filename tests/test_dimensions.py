@@ -8,6 +8,7 @@ import pytest
 import root_optax
 from root_optax import dimensions
 from root_optax import labels
+from root_optax import stacking
 
 DN = root_optax.DimensionNumbers
 
@@ -46,11 +47,16 @@ def test_resolve_defaults_and_errors():
     dimensions.validate_spec({"w": "rows"})
 
 
-def test_shape_groups_merge_orientations_and_split_dtypes():
-  groups = labels.shape_groups(
-      [(1, 4, 8), (1, 8, 4), (2, 4, 4), (1, 4, 8)],
-      [jnp.float32, jnp.float32, jnp.float32, jnp.bfloat16])
-  assert groups == {(4, 8, "float32"): [0, 1], (4, 4, "float32"): [2], (4, 8, "bfloat16"): [3]}
+def test_stack_merges_orientations_and_splits_dtypes_and_tags():
+  mats = [jnp.ones((1, 4, 8)), jnp.ones((1, 8, 4)), jnp.ones((2, 4, 4)), jnp.ones((1, 4, 8), jnp.bfloat16),
+          jnp.ones((1, 4, 8))]
+  stacks, plan = stacking.stack(mats, [None, None, None, None, "other"])
+  G = stacking.GroupKey
+  assert [(m.key, m.indices, m.sizes) for m in plan] == [
+      (G(4, 8, "float32"), [0, 1], [1, 1]), (G(4, 4, "float32"), [2], [2]),
+      (G(4, 8, "bfloat16"), [3], [1]), (G(4, 8, "float32", "other"), [4], [1])]
+  assert stacks[G(4, 8, "float32")].shape == (2, 4, 8)
+  assert G(4, 8, "float32").shape == (4, 8)
 
 
 def test_mask_like_restores_masked_nodes():

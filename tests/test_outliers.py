@@ -14,6 +14,7 @@ import _reference
 import root_optax
 from root_optax import _quantile_search
 from root_optax import outliers
+from root_optax import quantiles
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (5, 8), (33, 17), (64, 64)]
 
@@ -145,9 +146,9 @@ def _sort_sizes(jaxpr) -> list[int]:
 
 def test_fast_method_sorts_only_a_small_sample():
   m = jnp.ones((2, 256, 256))
-  fast = jax.make_jaxpr(lambda x: outliers.fast_abs_quantiles([x], 0.9))(m).jaxpr
+  fast = jax.make_jaxpr(lambda x: quantiles.fast_abs_quantiles([x], 0.9))(m).jaxpr
   assert _sort_sizes(fast) and max(_sort_sizes(fast)) <= 2 * 1025  # a sample per matrix
-  exact = jax.make_jaxpr(lambda x: outliers.exact_abs_quantile(x, 0.9))(m).jaxpr
+  exact = jax.make_jaxpr(lambda x: quantiles.exact_abs_quantile(x, 0.9))(m).jaxpr
   assert max(_sort_sizes(exact)) == m.size
 
 
@@ -244,9 +245,9 @@ def test_rank_tolerance_value_does_not_depend_on_stacking():
   """Each matrix's value comes from its own search, whether stacked with others or not."""
   rng = np.random.default_rng(3)
   ms = [jnp.asarray(rng.standard_t(3, size=s).astype(np.float32)) for s in ((3, 64, 96), (64, 96), (96, 64))]
-  together = outliers.abs_quantiles(ms, 0.9, outliers.FAST, 0.01)
+  together = quantiles.abs_quantiles(ms, 0.9, quantiles.FAST, 0.01)
   for m, value in zip(ms, together):
-    np.testing.assert_array_equal(value, outliers.abs_quantiles([m], 0.9, outliers.FAST, 0.01)[0])
+    np.testing.assert_array_equal(value, quantiles.abs_quantiles([m], 0.9, quantiles.FAST, 0.01)[0])
 
 
 @pytest.mark.parametrize("p", [0.8, 0.9])
@@ -273,4 +274,4 @@ def test_tree_without_matrices_passes_through():
     ({"method": "sort"}, "method"), ({"rank_tolerance": 1.0}, "rank_tolerance")])
 def test_abs_quantiles_validates(kwargs, name):
   with pytest.raises(ValueError, match=name):
-    outliers.abs_quantiles([jnp.ones((3, 3))], 0.9, **kwargs)
+    quantiles.abs_quantiles([jnp.ones((3, 3))], 0.9, **kwargs)

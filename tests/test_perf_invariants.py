@@ -152,12 +152,12 @@ def test_unstacking_compiles_one_kernel_per_shape_not_per_leaf():
 
 
 @pytest.mark.parametrize("opaque", [False, True])
-def test_unstack_groups_with_opaque_offsets_matches_static_cuts(opaque):
-  from root_optax import labels
+def test_unstack_with_opaque_offsets_matches_static_cuts(opaque):
+  from root_optax import stacking
   rng = np.random.default_rng(1)
   mats = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 5), (1, 5, 3), (4, 3, 5), (1, 2, 2))]
-  stacks, plan = labels.stack_groups(mats)
+  stacks, plan = stacking.stack(mats)
   doubled = {k: 2 * v for k, v in stacks.items()}
-  got = jax.jit(lambda d: labels.unstack_groups(d, plan, mats, opaque_offsets=opaque))(doubled)
+  got = jax.jit(lambda d: stacking.unstack(d, plan, mats, opaque_offsets=opaque))(doubled)
   for g, m in zip(got, mats):
     np.testing.assert_array_equal(g, 2 * np.asarray(m))
