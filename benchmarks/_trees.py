@@ -32,6 +32,7 @@ class TreeSpec:
   d: int
   vocab: int = 50304
   context: int = 1024
+  fused_qkv: bool = True  # False: separate q, k, v, o projections (d x d each)
 
 
 TREES = {
@@ -41,9 +42,10 @@ TREES = {
     # --quick variants: same layout, small enough for a few seconds a step.
     "gpt-4x384": TreeSpec("gpt-4x384", 4, 384, vocab=8192, context=512),
     "gpt-16x128": TreeSpec("gpt-16x128", 16, 128, vocab=8192, context=512),
+    "gpt-8x320-qkvo": TreeSpec("gpt-8x320-qkvo", 8, 320, vocab=8192, context=512, fused_qkv=False),
 }
 DEFAULT = ("gpt-12x768", "gpt-48x256")
-QUICK = ("gpt-4x384", "gpt-16x128")
+QUICK = ("gpt-4x384", "gpt-16x128", "gpt-8x320-qkvo")
 
 
 def shapes(spec: TreeSpec) -> dict:
@@ -51,8 +53,12 @@ def shapes(spec: TreeSpec) -> dict:
   d = spec.d
   norm = lambda: {"scale": (d,), "bias": (d,)}
   dense = lambda i, o: {"kernel": (i, o), "bias": (o,)}
+  if spec.fused_qkv:
+    attn = {"c_attn": dense(d, 3 * d), "c_proj": dense(d, d)}
+  else:
+    attn = {name: dense(d, d) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
   block = {
-      "ln_1": norm(), "attn": {"c_attn": dense(d, 3 * d), "c_proj": dense(d, d)},
+      "ln_1": norm(), "attn": attn,
       "ln_2": norm(), "mlp": {"c_fc": dense(d, 4 * d), "c_proj": dense(4 * d, d)},
   }
   tree = {"wte": (spec.vocab, d), "wpe": (spec.context, d), "ln_f": norm()}
