@@ -41,7 +41,8 @@ default_role = "py:obj"
 # -- autodoc / napoleon (Google-style docstrings, as optax) -------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_preserve_defaults = True
+# Defaults as values: `calibrate`'s settings keywords are not in its source text.
+autodoc_preserve_defaults = False
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
