@@ -16,16 +16,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from root_optax import _counting
 from root_optax import sharding as sharding_lib
 from root_optax import stacking
 
-_SAMPLE = 1024  # entries sampled per matrix: a cheap sort that places the first probes well
-# The first pass counts at the sample's order statistics this many binomial
-# standard deviations (of the sample rank) from the target: the inner pair
-# brackets the target about 2 times in 3, the outer pair almost always.
-_SAMPLE_SIGMAS = (-3.5, -1.0, 1.0, 3.5)
 # Later passes aim this many expected misses (`_next_probes`) from the target:
 # the inner pair usually moves both ends of the bracket, the outer pair
 # still shrinks it when the inner pair misses.
@@ -33,7 +28,6 @@ _PROBE_REACH = (-3.0, -1.0, 1.0, 3.0)
 _PROBE_MARGIN = 0.02  # an interpolated count misses by this share of the bracket (the density is not flat)
 _SCATTER_MARGIN = 0.5  # ... plus this many standard deviations of the entries' scatter
 _LINEAR_SPAN = 4  # interpolate values, not bit patterns, when hi <= 4 lo: the density is nearly flat there
-_EXACT_FLOAT_COUNT = 2**24  # float32 counts integers exactly up to here
 _INF_BITS = 0x7F800000  # bit pattern of +inf, the largest non-NaN |m|
 _BELOW_ALL = -1  # a bit pattern below every |m|: the first lower end, count 0
 
@@ -41,20 +35,6 @@ _BELOW_ALL = -1  # a bit pattern below every |m|: the first lower end, count 0
 FIRST_PASS = 0  # counts at the sample's probes (at interpolated ones for distributed matrices)
 NARROWING = 1  # counts at interpolated or evenly spaced probes until every bracket is settled
 DONE = 2  # the values are written
-
-
-def abs_float32(m: jax.Array) -> jax.Array:
-  """``|m|`` in float32, or in ``m``'s dtype where that is wider."""
-  dtype = jnp.promote_types(m.dtype, jnp.float32)
-  return jnp.abs(m.astype(dtype))
-
-
-def _as_float(bits: jax.Array) -> jax.Array:
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def _as_bits(x: jax.Array) -> jax.Array:
-  return jax.lax.bitcast_convert_type(x, jnp.int32)
 
 
 def search(stacks: list[jax.Array], quantile, rank_tolerance) -> list[jax.Array]:
@@ -118,7 +98,7 @@ def _search(stacks: list[jax.Array], ranks: list, fracs: list, slacks: list) -> 
   """Interpolated order statistics ``rank + frac`` (0-based) of each matrix's ``|m|``.
 
   One loop shared by all stacks counts at four probes a pass: the first
-  pass at a sorted sample's order statistics (`_sample_probes`; from the
+  pass at a sorted sample's order statistics (`_counting.sample_probes`; from the
   whole range for distributed matrices), later ones at interpolated probes
   (`_next_probes`). The per-matrix state is one vector over every matrix of every
   stack, so the compiled body has one counting pass per stack and a fixed
@@ -153,11 +133,11 @@ def _problem(stacks, ranks, fracs, slacks) -> _Problem:
   # low-precision input could round differently from pass to pass (XLA drops
   # convert pairs in some fusions), and the counts would disagree. Float32
   # needs no copy, its |m| is exact.
-  stacks = [m if m.dtype == jnp.float32 else abs_float32(m).astype(jnp.float32) for m in stacks]
-  sampled = [None if sharding_lib.is_distributed(m) else _sample_probes(m, r) for m, r in zip(stacks, ranks)]
+  stacks = [m if m.dtype == jnp.float32 else _counting.abs_float32(m).astype(jnp.float32) for m in stacks]
+  sampled = [None if sharding_lib.is_distributed(m) else _counting.sample_probes(m, r) for m, r in zip(stacks, ranks)]
   has_sample = _per_matrix([p is not None for p in sampled], sizes, bool)
   sample = [jnp.concatenate([p[k] if p is not None else jnp.zeros((s,), jnp.int32)
-                             for p, s in zip(sampled, sizes)]) for k in range(len(_SAMPLE_SIGMAS))]
+                             for p, s in zip(sampled, sizes)]) for k in range(len(_counting.SAMPLE_SIGMAS))]
   return _Problem(stacks, sizes, rank, frac, slack, sample, has_sample)
 
 
@@ -210,7 +190,7 @@ def _count_pass(problem: _Problem, state: SearchState) -> SearchState:
   b, rank = state.bracket, problem.rank
   first = (state.phase == FIRST_PASS) & problem.has_sample
   probes = [jnp.where(first, p, q) for p, q in zip(problem.sample, _next_probes(b, rank, state.bisect))]
-  per_stack = [_counts_le(m, list(ps)) for m, ps in
+  per_stack = [_counting.counts_le(m, list(ps)) for m, ps in
                zip(problem.stacks, zip(*(_split(p, problem.sizes) for p in probes)))]
   new = _narrow(b, rank, probes, [jnp.concatenate(c) for c in zip(*per_stack)])
   halved = (2 * (new.hi - new.lo) <= b.hi - b.lo) | (2 * (new.c_hi - new.c_lo) <= b.c_hi - b.c_lo)
@@ -238,82 +218,9 @@ def _read_values(problem: _Problem, b: Bracket) -> jax.Array:
   """Order statistics ``rank + frac`` of settled brackets, by `_read_pair`."""
   parts = zip(*(_split(v, problem.sizes) for v in (*b, problem.rank)))
   pairs = [_read_pair(m, Bracket(*part[:4]), part[4]) for m, part in zip(problem.stacks, parts)]
-  low = _as_float(jnp.concatenate([p[0] for p in pairs]))
-  high = _as_float(jnp.concatenate([p[1] for p in pairs]))
+  low = _counting.as_float(jnp.concatenate([p[0] for p in pairs]))
+  high = _counting.as_float(jnp.concatenate([p[1] for p in pairs]))
   return low * (1 - problem.frac) + high * problem.frac
-
-
-def _reduce_matrices(operands, inits, ops, fused: bool = True) -> tuple[jax.Array, ...]:
-  """Reduces several ``(b, rows, cols)`` operands per matrix.
-
-  ``fused``: one variadic reduction, one pass. XLA:CPU runs it as one loop,
-  while sibling reductions of one input can become a multi-output fusion
-  many times slower (16x256x1024: 4.5 ms against 35 ms for two counts).
-  """
-  inits = tuple(jnp.asarray(v, x.dtype) for v, x in zip(inits, operands))
-  if not fused:
-    return tuple(jax.lax.reduce(x, v, op, (1, 2)) for x, v, op in zip(operands, inits, ops))
-  combine = lambda xs, ys: tuple(op(x, y) for op, x, y in zip(ops, xs, ys))
-  return jax.lax.reduce(tuple(operands), inits, combine, (1, 2))
-
-
-def _counts_le(m: jax.Array, probes: list[jax.Array]) -> list[jax.Array]:
-  """``count(|m| <= v)`` per matrix for each probe ``v`` (float32 bit patterns), one pass.
-
-  On non-negative floats the order of bit patterns is the order of values,
-  so the search runs on bits and compares values (``m`` is float32, or the
-  stored float32 ``|m|``, see `_problem`). Counts are summed in float32,
-  whose reductions XLA:CPU compiles several times faster than int32 ones;
-  exact up to 2**24 entries, so larger matrices are counted per row first.
-  """
-  a = abs_float32(m)
-  masks = [(a <= stacking.over_entries(_as_float(v))).astype(jnp.float32) for v in probes]
-  if m.shape[-2] * m.shape[-1] <= _EXACT_FLOAT_COUNT:
-    sums = _reduce_matrices(masks, [0.0] * len(masks), [jnp.add] * len(masks), not sharding_lib.is_distributed(m))
-    return [c.astype(jnp.int32) for c in sums]
-  rows = [jnp.sum(x, axis=-1).astype(jnp.int32) for x in masks]
-  return [jnp.sum(r, axis=-1) for r in rows]
-
-
-def _sample_stride(rows: int, cols: int) -> int:
-  """A stride through the flattened matrix that visits every column and row.
-
-  A stride sharing a factor with ``cols`` would only visit some columns, so
-  a matrix whose columns differ in scale would give a biased sample.
-  """
-  stride = max(1, (rows * cols) // _SAMPLE)
-  while stride > 1 and math.gcd(stride, cols) != 1:
-    stride += 1
-  return stride
-
-
-def _sample_probes(m: jax.Array, rank) -> list[jax.Array]:
-  """Ascending bit patterns around order statistic ``rank``, read off a sorted sample.
-
-  Sample order statistics at ``_SAMPLE_SIGMAS`` binomial standard deviations
-  from ``rank / n``: the first pass counts at them. They only choose where
-  to count, so a sample that misses costs passes, never accuracy. A static
-  ``rank`` (a Python int) reads them by static slices, which compile faster
-  than gathers.
-  """
-  batch, rows, cols = m.shape
-  n = rows * cols
-  stride = _sample_stride(rows, cols)
-  k = -(-n // stride)
-  sample = jnp.sort(_as_bits(abs_float32(m)).reshape(batch, n)[:, ::stride], axis=-1)
-  static = isinstance(rank, int)
-  math_lib = np if static else jnp
-  share = (math_lib.float32(rank) + 0.5) / n
-  center = share * k
-  sigma = math_lib.sqrt(k * share * (1 - share)) + 0.5
-  probes = []
-  for z in _SAMPLE_SIGMAS:
-    index = math_lib.clip((math_lib.floor if z < 0 else math_lib.ceil)(center + z * sigma), 0, k - 1)
-    if static:
-      probes.append(sample[:, int(index)])
-    else:
-      probes.append(jnp.take_along_axis(sample, jnp.broadcast_to(index.astype(jnp.int32), (batch, 1)), -1)[:, 0])
-  return probes
 
 
 def _narrow(b: Bracket, rank, probes, counts) -> Bracket:
@@ -333,7 +240,7 @@ def _narrow(b: Bracket, rank, probes, counts) -> Bracket:
 
 def _end_values(b: Bracket) -> tuple[jax.Array, jax.Array]:
   """The bracket's ends as float32 values (``lo`` below every entry reads 0)."""
-  return _as_float(jnp.maximum(b.lo, 0)), _as_float(b.hi)
+  return _counting.as_float(jnp.maximum(b.lo, 0)), _counting.as_float(b.hi)
 
 
 def _linear_in_value(b: Bracket) -> jax.Array:
@@ -352,7 +259,7 @@ def _interpolate(b: Bracket, target) -> jax.Array:
   share = (target - b.c_lo.astype(jnp.float32)) / jnp.maximum(b.c_hi - b.c_lo, 1).astype(jnp.float32)
   share = jnp.clip(share, 0.0, 1.0)
   lo_v, hi_v = _end_values(b)
-  in_value = _as_bits(lo_v + (hi_v - lo_v) * share)
+  in_value = _counting.as_bits(lo_v + (hi_v - lo_v) * share)
   in_bits = b.lo + jnp.round((b.hi - b.lo).astype(jnp.float32) * share).astype(jnp.int32)
   return jnp.where(_linear_in_value(b), in_value, in_bits)
 
@@ -401,11 +308,11 @@ def _estimate(b: Bracket, rank, frac, slack, ends) -> jax.Array:
 
 def _read_pair(m: jax.Array, b: Bracket, rank) -> tuple[jax.Array, jax.Array]:
   """Order statistics ``rank`` and ``rank + 1`` (bit patterns) from a settled bracket, one pass."""
-  a = abs_float32(m)
-  bits = _as_bits(a)  # selected by bit pattern (see `_counts_le`), reduced as floats
+  a = _counting.abs_float32(m)
+  bits = _counting.as_bits(a)  # selected by bit pattern (see `_counting.counts_le`), reduced as floats
   n = m.shape[-2] * m.shape[-1]
   lo_m, hi_m = stacking.over_entries(b.lo), stacking.over_entries(b.hi)
-  above_lo, upto_hi, above_hi = (_as_bits(v) for v in _reduce_matrices(
+  above_lo, upto_hi, above_hi = (_counting.as_bits(v) for v in _counting.reduce_matrices(
       [jnp.where(bits > lo_m, a, jnp.inf), jnp.where(bits <= hi_m, a, -1.0), jnp.where(bits > hi_m, a, jnp.inf)],
       [jnp.inf, -1.0, jnp.inf], [jnp.minimum, jnp.maximum, jnp.minimum], not sharding_lib.is_distributed(m)))
   # c_hi == rank + 1: rank is the largest entry <= hi, rank + 1 the smallest above.

@@ -9,6 +9,7 @@ full sort (`root_optax._quantile_search`).
 import jax
 import jax.numpy as jnp
 
+from root_optax import _counting
 from root_optax import _quantile_search
 from root_optax import _validation
 from root_optax import sharding as sharding_lib
@@ -30,7 +31,7 @@ def exact_abs_quantile(m: jax.Array, quantile: jax.typing.ArrayLike) -> jax.Arra
     An array of shape ``m.shape[:-2]``, in at least float32.
   """
   check_quantile_args([m], quantile)
-  a = _quantile_search.abs_float32(m)
+  a = _counting.abs_float32(m)
   flat = a.reshape(a.shape[:-2] + (-1,))
   return jnp.quantile(flat, quantile, axis=-1, method="linear")
 
