@@ -90,27 +90,27 @@ def _passes(row, name, metric):
   return row[name][metric] <= row["Muon 5"][metric]
 
 
-def print_gaussian(rows, steps):
+def _print_table(title, rows, steps, cell, passes):
   names = ["Muon 5", "Muon 4"] + [f"auto {k}" for k in steps]
-  print("\n### Table 1 metric on held-out Gaussian matrices; composed polynomial's range on [0, 1]\n")
+  print(f"\n### {title}\n")
   print("| shape | " + " | ".join(names) + " | " + " | ".join(f"auto {k} <= Muon 5" for k in steps) + " |")
   print("|" + " --- |" * (1 + len(names) + len(steps)))
   for row in rows:
-    cells = [f"{row[n]['table1']:.2e} [{row[n]['min']:.2f}, {row[n]['max']:.2f}]" for n in names]
-    verdicts = ["yes" if _passes(row, f"auto {k}", "table1") and row[f"auto {k}"]["max"] <= 1.5
-                and row[f"auto {k}"]["min"] >= 0 else "no" for k in steps]
-    print(f"| {row['shape']} | " + " | ".join(cells) + " | " + " | ".join(verdicts) + " |")
+    verdicts = ["yes" if passes(row, f"auto {k}") else "no" for k in steps]
+    print(f"| {row['shape']} | " + " | ".join(cell(row[n]) for n in names) + " | " + " | ".join(verdicts) + " |")
+
+
+def print_gaussian(rows, steps):
+  _print_table(
+      "Table 1 metric on held-out Gaussian matrices; composed polynomial's range on [0, 1]", rows, steps,
+      lambda r: f"{r['table1']:.2e} [{r['min']:.2f}, {r['max']:.2f}]",
+      lambda row, n: _passes(row, n, "table1") and row[n]["max"] <= 1.5 and row[n]["min"] >= 0)
 
 
 def print_momenta(rows, steps):
-  names = ["Muon 5", "Muon 4"] + [f"auto {k}" for k in steps]
-  print("\n### Relative error to the polar factor on recorded momenta (mean / worst over recorded steps)\n")
-  print("| shape | " + " | ".join(names) + " | " + " | ".join(f"auto {k} <= Muon 5" for k in steps) + " |")
-  print("|" + " --- |" * (1 + len(names) + len(steps)))
-  for row in rows:
-    cells = [f"{row[n]['mean']:.3f} / {row[n]['max']:.3f}" for n in names]
-    verdicts = ["yes" if _passes(row, f"auto {k}", "max") else "no" for k in steps]
-    print(f"| {row['shape']} | " + " | ".join(cells) + " | " + " | ".join(verdicts) + " |")
+  _print_table(
+      "Relative error to the polar factor on recorded momenta (mean / worst over recorded steps)", rows, steps,
+      lambda r: f"{r['mean']:.3f} / {r['max']:.3f}", lambda row, n: _passes(row, n, "max"))
 
 
 def main(argv=None):
