@@ -245,16 +245,16 @@ def root(
   dims = labels_lib.branch_dimension_numbers(muon_weight_dimension_numbers)
   mask = labels_lib.branch_mask(weight_decay_mask)
 
-  def clip(p, multiplier, fixed, name):
+  def clip(p, multiplier, fixed, name, before_per_leaf_stages):
     return sharding_lib.with_auto_axes(outliers.soft_threshold_outliers(
         p, fixed, threshold_method, multiplier=multiplier,
         rank_tolerance=threshold_rank_tolerance, weight_dimension_numbers=dims,
-        track_outliers=True, name=name))
+        track_outliers=True, name=name, opaque_offsets=before_per_leaf_stages))
 
   stages = []
   if not _is_off(outlier_gate, math.inf):
     with _validation.argument_names(**_GATE_NAMES):
-      stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers"))
+      stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers", True))
   if not _is_off(burst_factor, math.inf):
     with _validation.argument_names(**_BURST_NAMES):
       stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims))
@@ -262,7 +262,7 @@ def root(
     stages.append(momentum_lib.trace(beta, nesterov, mu_dtype))
   if not _is_off(quantile, 1.0) or threshold is not None:
     with _validation.argument_names(**_THRESHOLD_NAMES):
-      stages.append(clip(quantile, 1.0, threshold, "momentum_outliers"))
+      stages.append(clip(quantile, 1.0, threshold, "momentum_outliers", False))
   with _validation.argument_names(**_ORTHOGONALIZE_NAMES):
     stages.append(orthogonalize.ada_newton_orthogonalize(
         ns_coeffs, ns_steps, orthogonalize.normalization_for(preconditioning), eps, compute_dtype,

@@ -275,12 +275,16 @@ def unsafe_entries(
   return out
 
 
-def warn_if_unsafe(table: CoefficientTable, ns_steps: int, max_gain: float = DEFAULT_MAX_GAIN) -> None:
-  """Warns once per overshooting entry of ``table``; see `unsafe_entries`."""
+def warn_if_unsafe(table: CoefficientTable, ns_steps: int, max_gain: float = DEFAULT_MAX_GAIN,
+                   stacklevel: int = 2) -> None:
+  """Warns once per overshooting entry of ``table``; see `unsafe_entries`.
+
+  ``stacklevel`` is that of `warnings.warn` as seen from this function's caller.
+  """
   for key, env in unsafe_entries(table, ns_steps, max_gain).items():
     warnings.warn(
         f"root_optax: coefficients {table.name!r}[{key}] amplify a normalised "
         f"singular value of {env.argmax:.4f} to {env.max_value:.3f} after "
         f"{ns_steps} Newton-Schulz steps (bound {max_gain}); updates along such "
         "directions will be too large. Use coefficients='paper' or 'ada', or "
-        "a calibrated table.", UserWarning, stacklevel=3)
+        "a calibrated table.", UserWarning, stacklevel=stacklevel + 1)

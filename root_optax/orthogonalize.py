@@ -171,7 +171,7 @@ def ada_newton_orthogonalize(
         f"{calibration.CALIBRATION_NORMALIZATIONS}, got normalization={normalization!r}; "
         "pass a fixed table (e.g. 'muon') or one of those")
   table.check_steps(ns_steps)
-  coefficients_lib.warn_if_unsafe(table, ns_steps, max_gain)
+  coefficients_lib.warn_if_unsafe(table, ns_steps, max_gain, stacklevel=_user_stacklevel())
   resolved: dict = {}  # (min, max) -> (ns_steps, 3) coefficients, for this transform
   reported: list = [False]
 

@@ -251,6 +251,12 @@ def test_errors_of_inner_transforms_name_roots_arguments(kwargs, name):
   assert not str(error.value).startswith(inner + " ")
 
 
+def test_unsafe_coefficient_warning_points_at_the_callers_line():
+  with pytest.warns(UserWarning, match="amplify") as record:
+    root_optax.root(0.01, ns_coeffs=TABLE)  # its 4x4 entry overshoots
+  assert {w.filename for w in record if "amplify" in str(w.message)} == {__file__}
+
+
 def test_trains_a_least_squares_problem():
   rng = np.random.default_rng(12)
   a = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
