@@ -279,3 +279,19 @@ def test_tree_without_matrices_passes_through():
 def test_abs_quantiles_validates(kwargs, name):
   with pytest.raises(ValueError, match=name):
     quantiles.abs_quantiles([jnp.ones((3, 3))], 0.9, **kwargs)
+
+
+def test_opaque_offsets_change_only_how_stacks_are_cut():
+  rng = np.random.default_rng(7)
+  tree = {"a": jnp.asarray(rng.standard_t(2, (6, 10)), jnp.float32),
+          "b": jnp.asarray(rng.standard_t(2, (10, 6)), jnp.float32),
+          "c": jnp.asarray(rng.standard_t(2, (6, 10)), jnp.float32), "v": jnp.ones(4)}
+  outs = []
+  for opaque in (False, True):
+    tx = root_optax.soft_threshold_outliers(0.9, multiplier=1.5, track_outliers=True, opaque_offsets=opaque)
+    updates, state = jax.jit(tx.update)(tree, tx.init(tree))
+    outs.append((updates, state))
+  chex.assert_trees_all_equal(*outs)
+  assert float(jnp.max(jnp.abs(outs[1][0]["b"] - tree["b"]))) > 0  # the clip acted on the tall leaf
+  with pytest.raises(TypeError, match="opaque_offsets"):
+    root_optax.soft_threshold_outliers(opaque_offsets=1)
