@@ -225,13 +225,13 @@ def optimizer_rows(tree: str, dtype: str, results: dict) -> list[dict]:
 
 
 def ns_rows(shape, dtype: str, args) -> list[dict]:
-  """Newton-Schulz vs matmul rows of one stack (standard form; float32 also the Gram form)."""
+  """Newton-Schulz vs matmul rows of one stack, standard and Gram forms."""
   case = "x".join(map(str, shape))
   notes = "jnp.matmul (n x m) @ (m x n), same operands"
   try:
     results = ns_throughput.bench(shape, dtype, args)
   except Exception as e:  # pylint: disable=broad-except
-    methods = ("standard", "gram") if dtype == "float32" else ("standard",)
+    methods = ("standard", "gram")
     return [row(f"Newton-Schulz {m} (TFLOP/s)", case, dtype, error(e), error(e), notes) for m in methods]
   return [row(f"Newton-Schulz {r['method']} (TFLOP/s)", case, dtype, r["ns_gflops"] / 1e3,
               r["matmul_gflops"] / 1e3, notes) for r in results]

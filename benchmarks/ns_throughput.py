@@ -1,8 +1,8 @@
 """Newton-Schulz throughput: achieved FLOP/s of batched NS vs a plain matmul.
 
 For each ``(batch, n, m)`` stack and dtype: one jitted 5-step
-``root_optax.newton_schulz`` in its standard and Gram forms (float32; bf16
-keeps the standard form), and a plain batched ``(n x m) @ (m x n)`` matmul of
+``root_optax.newton_schulz`` in its standard and Gram forms (in bf16 the
+Gram form restarts once, `newton_schulz.default_restarts`), and a plain batched ``(n x m) @ (m x n)`` matmul of
 the same operands, the practical limit on the same machine. FLOPs are counted
 explicitly (2 per multiply-add; `root_optax.newton_schulz.ns_flops`).
 ``ns_pct_of_matmul`` compares achieved FLOP/s; ``muon_equiv_gflops`` divides
@@ -35,7 +35,7 @@ def bench(shape, dtype_name, args) -> list[dict]:
   batch, n, m = shape
   dtype = DTYPES[dtype_name]
   x = jnp.asarray(np.random.default_rng(0).normal(size=shape), dtype)
-  methods = ["standard", "gram"] if dtype_name == "float32" else ["standard"]
+  methods = ["standard", "gram"]
   fns = {"matmul": jax.jit(lambda v: jnp.matmul(v, jnp.swapaxes(v, -1, -2)))}
   for method in methods:
     fns[method] = jax.jit(lambda v, method=method: ns_lib.newton_schulz(v, MUON5, method=method))
@@ -48,7 +48,7 @@ def bench(shape, dtype_name, args) -> list[dict]:
   standard_flops = batch * ns_lib.ns_flops(n, m, 5, "standard")
   rows = []
   for method in methods:
-    flops = batch * ns_lib.ns_flops(n, m, 5, method)
+    flops = batch * ns_lib.ns_flops(n, m, 5, method, len(ns_lib.default_restarts(5, dtype)))
     seconds = _harness.median(times[method])
     rows.append({
         "shape": f"{batch}x{n}x{m}", "dtype": dtype_name, "method": method,

@@ -37,7 +37,8 @@ _THRESHOLD_NAMES = dict(method="threshold_method", rank_tolerance="threshold_ran
 _GATE_NAMES = dict(multiplier="outlier_gate", **_THRESHOLD_NAMES)
 _BURST_NAMES = dict(factor="burst_factor", decay="burst_decay")
 _MOMENTUM_NAMES = dict(decay="beta", accumulator_dtype="mu_dtype")
-_ORTHOGONALIZE_NAMES = dict(coefficients="ns_coeffs", cache_dir="calibration_cache_dir")
+_ORTHOGONALIZE_NAMES = dict(coefficients="ns_coeffs", cache_dir="calibration_cache_dir",
+                            method="ns_method")
 _SCALING_NAMES = dict(rms="consistent_rms")
 
 
@@ -77,6 +78,7 @@ def root(
     threshold_rank_tolerance: float = 0.0,
     calibration_cache_dir: calibration_cache.CacheDir = None,
     compute_dtype: Optional[Any] = None,
+    ns_method: str = "auto",
     adam_eps: float = 1e-8,
     adam_nesterov: bool = False,
     param_labels: labels_lib.LabelsOrFn = None,
@@ -191,7 +193,11 @@ def root(
       default 0 (exact order statistics), see `soft_threshold_outliers`.
     calibration_cache_dir: Where ``'auto'`` caches coefficients it fits;
       see `ada_newton_orthogonalize`'s ``cache_dir``.
-    compute_dtype: dtype of the Newton-Schulz iteration.
+    compute_dtype: dtype of the Newton-Schulz iteration (e.g. ``jnp.bfloat16``).
+    ns_method: ``'auto'`` (Gram Newton-Schulz for matrices with
+      ``max(m, n) > 1.5 min(m, n)`` in float32, the standard form in bf16),
+      ``'standard'`` or ``'gram'`` (restarted once in bf16); see
+      `ada_newton_orthogonalize`.
     adam_eps: AdamW's epsilon.
     adam_nesterov: NAdamW instead of AdamW for the ``'adam'`` leaves (optax
       Muon's ``nesterov=True`` does both; ROOT's reference uses AdamW).
@@ -267,7 +273,7 @@ def root(
     stages.append(orthogonalize.ada_newton_orthogonalize(
         ns_coeffs, ns_steps, orthogonalize.normalization_for(preconditioning), eps, compute_dtype,
         weight_dimension_numbers=dims, sharding=sharding, cache_dir=calibration_cache_dir,
-        adaptive=adaptive))
+        adaptive=adaptive, method=ns_method))
   mode, rms = (scaling_lib.SPECTRAL, 0.2) if consistent_rms is None else (scaling_lib.RMS, consistent_rms)
   with _validation.argument_names(**_SCALING_NAMES):
     stages.append(scaling_lib.scale_by_shape(mode, rms, weight_dimension_numbers=dims))

@@ -88,26 +88,47 @@ _FIRST_STEP_RESCALE = {
 }
 
 
-def ns_flops(rows: int, cols: int, steps: int, method: str = STANDARD) -> int:
+def default_restarts(steps: int, dtype) -> tuple[int, ...]:
+  """Where the Gram form re-forms ``X`` by default: nowhere in float32 or wider;
+  in sub-float32 dtypes before step 2 of 3 or more (the Gram Newton-Schulz
+  write-up's choice for 5 steps), which bounds the growth of rounding errors
+  in the accumulated polynomial (see `newton_schulz`'s ``gram_restarts``)."""
+  if jnp.dtype(dtype).itemsize >= 4 or steps < 3:
+    return ()
+  return (2,)
+
+
+def _check_restarts(restarts: Sequence[int], steps: int) -> tuple[int, ...]:
+  restarts = tuple(sorted({int(r) for r in restarts}))
+  if any(not 1 <= r < steps for r in restarts):
+    raise ValueError(f"gram_restarts must be step indices in [1, {steps - 1}] for "
+                     f"{steps} steps, got {restarts}")
+  return restarts
+
+
+def ns_flops(rows: int, cols: int, steps: int, method: str = STANDARD, restarts: int = 0) -> int:
   """Matmul FLOPs (2 per multiply-add) of one ``rows x cols`` Newton-Schulz.
 
   With ``n = min(rows, cols)``, ``m = max(rows, cols)`` and ``T`` steps:
   ``'standard'`` costs ``T (4 n^2 m + 2 n^3)``; ``'gram'`` forms ``X X^T``
   once, iterates on ``n x n`` matrices (``4T - 3`` products) and applies the
-  accumulated polynomial once: ``4 n^2 m + 2 n^3 (4T - 3)``.
+  accumulated polynomial once: ``4 n^2 m + 2 n^3 (4T - 3)``. Each of
+  ``restarts`` re-formations of ``X`` adds ``4 n^2 m`` and saves ``6 n^3``.
   """
   n, m = min(rows, cols), max(rows, cols)
   if method == GRAM:
-    return 4 * n * n * m + 2 * n ** 3 * (4 * steps - 3)
+    segments = restarts + 1
+    return 4 * n * n * m * segments + 2 * n ** 3 * (4 * steps - 3 * segments)
   return steps * (4 * n * n * m + 2 * n ** 3)
 
 
 def resolve_method(method: str, rows: int, cols: int, steps: int, dtype) -> str:
   """``'auto'``: Gram Newton-Schulz where it needs fewer FLOPs, in float32 or wider.
 
-  The Gram form accumulates a polynomial of ``X X^T`` whose rounding errors are
-  amplified by its large gain near 0, so low-precision iterations (bf16) keep
-  the standard form.
+  Below float32 ``'auto'`` keeps the standard form: the bf16 Gram form with
+  its restart is as precise (see `newton_schulz`), but trained a byte-level
+  LM worse than the standard bf16 form (``configs/lm_bf16.py``), so it is
+  only used when asked for (``method='gram'``).
   """
   if method != AUTO:
     return method
@@ -117,8 +138,9 @@ def resolve_method(method: str, rows: int, cols: int, steps: int, dtype) -> str:
   return GRAM if cheaper else STANDARD
 
 
-def _standard_iteration(x, rows, rescale, eps, precision):
-  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, T times."""
+def _standard_iteration(x, rows, rescale, eps, precision, restarts=()):
+  """``X <- a X + (b A + c A^2) X`` with ``A = X X^T``, T times (``restarts``: unused)."""
+  del restarts
   for step, (a, b, c) in enumerate(rows):
     gram = _matmul_t(x, x, precision)
     if step == 0 and rescale is not None:
@@ -128,12 +150,14 @@ def _standard_iteration(x, rows, rescale, eps, precision):
   return x
 
 
-def _gram_iteration(x, rows, rescale, eps, precision):
+def _gram_iteration(x, rows, rescale, eps, precision, restarts=()):
   """The same map on the small Gram matrix: ``X_T = Q X_0``, ``Q = prod P_t``.
 
   ``P_t = a I + b R_t + c R_t^2`` and ``R_{t+1} = P_t R_t P_t``: every ``P_t``
   is a polynomial in ``R_0 = X_0 X_0^T``, so the products commute and equal
-  the standard iteration in exact arithmetic (Gram Newton-Schulz).
+  the standard iteration in exact arithmetic (Gram Newton-Schulz). Before
+  each step in ``restarts``, ``X`` is re-formed as ``Q X`` and ``R`` as
+  ``X X^T``, which discards the rounding errors accumulated in ``Q`` and ``R``.
   """
   gram = _matmul_t(x, x, precision)
   if rescale is not None:
@@ -141,9 +165,12 @@ def _gram_iteration(x, rows, rescale, eps, precision):
   eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
   acc = None
   for step, (a, b, c) in enumerate(rows):
+    if step in restarts:
+      x = jnp.matmul(acc, x, precision=precision)
+      gram, acc = _matmul_t(x, x, precision), None
     poly = a * eye + b * gram + c * jnp.matmul(gram, gram, precision=precision)
     acc = poly if acc is None else jnp.matmul(poly, acc, precision=precision)
-    if step < len(rows) - 1:
+    if step < len(rows) - 1 and step + 1 not in restarts:
       gram = jnp.matmul(poly, jnp.matmul(gram, poly, precision=precision), precision=precision)
   return jnp.matmul(acc, x, precision=precision)
 
@@ -160,6 +187,7 @@ def newton_schulz(
     compute_dtype=None,
     precision=None,
     method: str = AUTO,
+    gram_restarts: Sequence[int] | None = None,
 ) -> jax.Array:
   r"""Approximately orthogonalises each matrix of ``x`` with Newton-Schulz.
 
@@ -181,7 +209,13 @@ def newton_schulz(
     method: ``'standard'`` (iterate on ``X``), ``'gram'`` (iterate on
       ``X X^T`` and apply the product of the step polynomials once; the same
       map, fewer FLOPs when ``max(m, n) > 1.5 min(m, n)``; see `ns_flops`), or
-      ``'auto'`` (the cheaper of the two; standard in sub-float32 dtypes).
+      ``'auto'`` (the cheaper of the two in float32 or wider; standard below).
+    gram_restarts: Step indices in ``[1, T - 1]`` before which the Gram form
+      re-forms ``X`` from the accumulated polynomial (``X <- Q X``,
+      ``R <- X X^T``): the same map in exact arithmetic, at ``4 m n^2`` FLOPs
+      each, that keeps bf16 rounding errors from growing through ``Q`` and
+      ``R``. None: `default_restarts` (``(2,)`` below float32 for ``T >= 3``,
+      none otherwise). Ignored by the standard form.
 
   Returns:
     An array of ``x``'s shape and dtype.
@@ -199,12 +233,15 @@ def newton_schulz(
   rows = _coefficient_rows(coeffs)
   out_dtype = x.dtype
   dtype = compute_dtype or out_dtype
+  if gram_restarts is None:
+    gram_restarts = default_restarts(len(rows), dtype)
+  restarts = _check_restarts(gram_restarts, len(rows))
   method = resolve_method(method, x.shape[-2], x.shape[-1], len(rows), dtype)
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
   x = frobenius_normalize(x, eps).astype(dtype)
-  x = _ITERATIONS[method](x, rows, _FIRST_STEP_RESCALE[normalization], eps, precision)
+  x = _ITERATIONS[method](x, rows, _FIRST_STEP_RESCALE[normalization], eps, precision, restarts)
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
   return x.astype(out_dtype)

@@ -95,6 +95,7 @@ def ada_newton_orthogonalize(
     sharding: sharding_lib.ShardingSpec = None,
     cache_dir: calibration_cache.CacheDir = None,
     adaptive: bool = False,
+    method: str = ns_lib.AUTO,
 ) -> optax.GradientTransformation:
   r"""Orthogonalises each matrix with Newton-Schulz, coefficients chosen by shape.
 
@@ -144,6 +145,10 @@ def ada_newton_orthogonalize(
     adaptive: Scale each orthogonalised matrix ``U`` by ``<X, U>``, with
       ``X`` the matrix it came from (its dual norm; Bernstein et al., 2024),
       as optax Muon's ``adaptive``.
+    method: `newton_schulz`'s form: ``'auto'`` (in float32 or wider the
+      Gram form where it needs fewer FLOPs, i.e. ``max(m, n) > 1.5 min(m, n)``;
+      the standard form below float32), ``'standard'`` or ``'gram'`` (in
+      bf16 with one restart).
 
   Returns:
     An `optax.GradientTransformation` with `optax.EmptyState`.
@@ -162,6 +167,7 @@ def ada_newton_orthogonalize(
   dimensions.validate_spec(weight_dimension_numbers)
   sharding_lib.validate_sharding(sharding)
   _validation.boolean("adaptive", adaptive)
+  _validation.one_of("method", method, ns_lib.METHODS)
   calibrates = table.fallback == coefficients_lib.CALIBRATE
   # 'auto' with another normalization than its shipped entries': fit every shape.
   refit_all = calibrates and table.normalization != normalization
@@ -196,7 +202,7 @@ def ada_newton_orthogonalize(
   def orthogonalize(key, stack):
     out = ns_lib.newton_schulz(
         stack, resolved[key.shape], normalization=normalization, eps=eps,
-        compute_dtype=compute_dtype, precision=precision)
+        compute_dtype=compute_dtype, precision=precision, method=method)
     return _scale_by_dual_norm(stack, out) if adaptive else out
 
   def orthogonalize_matrices(mats, mesh, specs):

@@ -190,16 +190,19 @@ def soft_threshold_outliers(
     opaque = opaque_offsets and jax.device_count() == 1
     new_updates = views.rebuild(stacking.unstack(bases, plan, views.matrices, opaque_offsets=opaque))
     if track_outliers:
-      state = _tracked_state(figures, plan, views, name)
+      state = _tracked_state(figures, plan, views, name, opaque)
     return new_updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _tracked_state(figures: dict, plan: list, views: stacking.MatrixLeaves, name: str) -> SoftThresholdState:
+def _tracked_state(figures: dict, plan: list, views: stacking.MatrixLeaves, name: str,
+                   opaque_offsets: bool) -> SoftThresholdState:
   """Per-stack figures (clipped fraction, threshold, removed norm) cut back per leaf."""
-  fields = [stacking.per_member({key: f[n] for key, f in figures.items()}, plan) for n in (1, 2, 3)]
-  per_matrix = [OutlierStats(stacking.matrix_shape_array(*m.shape[-2:]), *(f[j] for f in fields))
+  # One (count, 3) array per stack: one cut per leaf instead of three.
+  columns = {key: jnp.stack(f[1:], axis=1) for key, f in figures.items()}
+  cut = stacking.per_member(columns, plan, opaque_offsets)
+  per_matrix = [OutlierStats(stacking.matrix_shape_array(*m.shape[-2:]), *cut[j].T)
                 for j, m in enumerate(views.matrices)]
   fractions = views.per_leaf([jnp.mean(s.clipped_fraction) for s in per_matrix],
                              lambda: jnp.zeros([], jnp.float32))

@@ -90,6 +90,22 @@ def offsets(sizes: Sequence[int]) -> list[int]:
   return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
+def _cut_points(plan: list[Members], like: Optional[jax.Array], opaque_offsets: bool) -> list:
+  """``(key, input index, start, size)`` of every member, starts opaque if asked and useful."""
+  cuts = [(key, i, start, size) for key, indices, sizes in plan
+          for i, start, size in zip(indices, offsets(sizes), sizes)]
+  if opaque_offsets and len(cuts) > 1 and like is not None and like.size > 0:
+    starts = _opaque_offsets([start for _, _, start, _ in cuts], like)
+    cuts = [(key, i, start, size) for (key, i, _, size), start in zip(cuts, starts)]
+  return cuts
+
+
+def _cut(x: jax.Array, start, size: int) -> jax.Array:
+  if isinstance(start, int):
+    return x[start:start + size]
+  return jax.lax.dynamic_slice_in_dim(x, start, size)
+
+
 def unstack(results: dict[GroupKey, jax.Array], plan: list[Members], mats: Sequence[jax.Array],
             opaque_offsets: bool = False) -> list[jax.Array]:
   """Inverse of `stack`: one array per input, in input order and shape.
@@ -103,16 +119,9 @@ def unstack(results: dict[GroupKey, jax.Array], plan: list[Members], mats: Seque
       shared kernel. Only for unsharded stacks: a dynamic offset into a
       sharded axis would gather it.
   """
-  cuts = [(key, i, start, size) for key, indices, sizes in plan
-          for i, start, size in zip(indices, offsets(sizes), sizes)]
-  starts = [start for _, _, start, _ in cuts]
-  like = next(iter(results.values()), None)
-  opaque = opaque_offsets and len(cuts) > 1 and like.size > 0
-  if opaque:
-    starts = _opaque_offsets(starts, like)
   out = [None] * len(mats)
-  for (key, i, _, size), start in zip(cuts, starts):
-    part = jax.lax.dynamic_slice_in_dim(results[key], start, size) if opaque else results[key][start:start + size]
+  for key, i, start, size in _cut_points(plan, next(iter(results.values()), None), opaque_offsets):
+    part = _cut(results[key], start, size)
     out[i] = part if part.shape == mats[i].shape else jnp.swapaxes(part, -1, -2)
   return out
 
@@ -122,13 +131,12 @@ def over_entries(v: jax.Array) -> jax.Array:
   return v[:, None, None]
 
 
-def per_member(vectors: dict[GroupKey, jax.Array], plan: list[Members]) -> dict[int, jax.Array]:
-  """Cuts per-stack vectors (one entry per stacked matrix) into per-input pieces."""
-  out = {}
-  for key, indices, sizes in plan:
-    for i, start, size in zip(indices, offsets(sizes), sizes):
-      out[i] = vectors[key][start:start + size]
-  return out
+def per_member(vectors: dict[GroupKey, jax.Array], plan: list[Members],
+               opaque_offsets: bool = False) -> dict[int, jax.Array]:
+  """Cuts per-stack vectors (one entry per stacked matrix, or rows of an array)
+  into per-input pieces, at opaque offsets if asked (as `unstack`)."""
+  cuts = _cut_points(plan, next(iter(vectors.values()), None), opaque_offsets)
+  return {i: _cut(vectors[key], start, size) for key, i, start, size in cuts}
 
 
 def _opaque_offsets(starts: list[int], like: jax.Array) -> list[jax.Array]:

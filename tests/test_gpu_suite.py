@@ -16,7 +16,7 @@ STACKS = ("2x64x256", "2x128x512")
 EXPECTED = sorted(
     [(m, "gpt-2x64", d) for m in TREE_ROWS for d in DTYPES]
     + [("Newton-Schulz standard (TFLOP/s)", s, d) for s in STACKS for d in DTYPES]
-    + [("Newton-Schulz gram (TFLOP/s)", s, "float32") for s in STACKS])
+    + [("Newton-Schulz gram (TFLOP/s)", s, d) for s in STACKS for d in DTYPES])
 
 
 def _table(text: str) -> list[list[str]]:

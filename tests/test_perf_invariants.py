@@ -107,19 +107,28 @@ def test_default_threshold_sorts_only_samples():
 
 @pytest.mark.parametrize("shape", [(8, 8), (8, 24), (24, 8), (8, 32), (3, 5, 40)])
 @pytest.mark.parametrize("method", ["standard", "gram"])
-def test_ns_flops_matches_traced_matmuls(shape, method):
+@pytest.mark.parametrize("restarts", [(), (2,), (1, 3)])
+def test_ns_flops_matches_traced_matmuls(shape, method, restarts):
   coeffs = [(3.4445, -4.7750, 2.0315)] * 5
-  jaxpr = jax.make_jaxpr(lambda x: ns_lib.newton_schulz(x, coeffs, method=method))(jnp.ones(shape))
+  ns = lambda x: ns_lib.newton_schulz(x, coeffs, method=method, gram_restarts=restarts)
+  jaxpr = jax.make_jaxpr(ns)(jnp.ones(shape))
   batch = math.prod(shape[:-2])
-  assert sum(_dot_flops(jaxpr)) == batch * ns_lib.ns_flops(shape[-2], shape[-1], 5, method)
+  count = len(restarts) if method == "gram" else 0
+  assert sum(_dot_flops(jaxpr)) == batch * ns_lib.ns_flops(shape[-2], shape[-1], 5, method, count)
 
 
 def test_auto_method_picks_the_cheaper_form():
   assert ns_lib.resolve_method("auto", 768, 3072, 5, jnp.float32) == "gram"
   assert ns_lib.resolve_method("auto", 3072, 768, 5, jnp.float32) == "gram"
   assert ns_lib.resolve_method("auto", 768, 768, 5, jnp.float32) == "standard"
-  assert ns_lib.resolve_method("auto", 768, 3072, 5, jnp.bfloat16) == "standard"
   assert ns_lib.ns_flops(768, 3072, 5, "gram") < 0.6 * ns_lib.ns_flops(768, 3072, 5, "standard")
+  assert ns_lib.resolve_method("auto", 768, 3072, 5, jnp.bfloat16) == "standard"
+  assert ns_lib.resolve_method("auto", 512, 800, 5, jnp.float32) == "gram"
+  assert ns_lib.resolve_method("auto", 512, 768, 5, jnp.float32) == "standard"
+  # bf16's Gram form restarts once (default_restarts): 4 m n^2 more, 6 n^3 less.
+  assert ns_lib.default_restarts(5, jnp.bfloat16) == (2,)
+  assert ns_lib.default_restarts(5, jnp.float32) == ()
+  assert ns_lib.ns_flops(768, 3072, 5, "gram", 1) < 0.7 * ns_lib.ns_flops(768, 3072, 5, "standard")
 
 
 def test_optax_muon_does_the_standard_flops():
