@@ -37,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
       ("ROOT refined oracle", "all", 0.25),
       ("ROOT refined oracle, real only", "all", 1.0),
   )
+  # Quick: one seed, both recordings, both shares, cheaper fits.
   c.quick.update(dict(seeds=(0,), record_every=2, early_steps=10,
-                      calibration=dict(num_values=1024, num_steps=30)))
+                      calibration=dict(num_values=1024, num_steps=30),
+                      variants=(c.variants[0], c.variants[2])))
   return c

@@ -18,9 +18,9 @@ from examples.lm import train
 from root_optax import coefficients as coefficients_lib
 
 MODULE = "examples.lm.refine"
-VARIANTS = [name for name, *_ in lm_refine.get_config().variants]
-REAL_ONLY = next(name for name, _, real_fraction in lm_refine.get_config().variants
-                 if real_fraction == 1.0)
+QUICK = runtime.apply_quick(lm_refine.get_config())
+VARIANTS = [name for name, *_ in QUICK.variants]
+REAL_ONLY = next(name for name, _, real_fraction in QUICK.variants if real_fraction == 1.0)
 
 
 def test_nesterov_input_is_what_trace_outputs():
@@ -60,7 +60,7 @@ def test_recorder_sees_root_newton_schulz_input():
 
 
 def test_recording_leaves_training_unchanged():
-  config = runtime.apply_quick(lm_refine.get_config())
+  config = runtime.apply_quick(lm_refine.get_config())  # a copy of QUICK to change
   config.steps, config.eval_every = 6, 3
   run = config.runs[0]
   recorder = refine.NewtonSchulzRecorder(every=2, early_steps=4)
