@@ -2,7 +2,7 @@ r"""Does refining AdaNewton coefficients from a run's own momenta pay in trainin
 
 Usage (from the repository root)::
 
-  python -m examples.lm.refine            # 3 seeds; 4 runs of 300 steps each
+  python -m examples.lm.refine            # 3 seeds x 4 runs of 300 steps (~20 min, 2 cores)
   python -m examples.lm.refine --quick    # 1 seed, a small model, 20 steps
 
 What it measures (``configs/lm_refine.py``), for every seed:
