@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import pathlib
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -109,8 +110,17 @@ def _step_and_tx(config, run):
   return _CACHE[key]
 
 
-def train_one(config, run, seed: int, progress: bool = False) -> dict:
+def train_one(config, run, seed: int, progress: bool = False,
+              on_step: Callable[[int, nnx.Optimizer], None] | None = None) -> dict:
   """Trains ``run`` from seed ``seed``'s initialisation, batches and noise.
+
+  Args:
+    config: The experiment config (model, data, schedule).
+    run: One entry of ``config.runs``.
+    seed: Seed of the initialisation, the batch order and the noise.
+    progress: Show a progress bar.
+    on_step: Called as ``on_step(step, optimizer)`` after every step (outside
+      the timed step), e.g. to read the optimizer state; it must not change it.
 
   Returns:
     ``history`` (one row per step), ``summary`` (final losses, timings) and
@@ -137,6 +147,8 @@ def train_one(config, run, seed: int, progress: bool = False) -> dict:
     times.append(time.perf_counter() - t0)
     cpu_times.append(time.process_time() - c0)
     losses.append(loss)
+    if on_step is not None:
+      on_step(step, optimizer)
     row = {"run": run.name, "seed": seed, "step": step, "train_loss": loss}
     if step % config.eval_every == 0 or step == config.steps:
       row["val_loss"] = evaluate(model, eval_set)
@@ -185,9 +197,9 @@ def _init_worker(counter, cores) -> None:
     os.sched_setaffinity(0, {cores[index % len(cores)]})
 
 
-def _worker_task(config, jobs: list[tuple[int, int]]) -> list[dict]:
+def _worker_task(config, jobs: list[tuple[int, int]], train: Callable = train_one) -> list[dict]:
   runs = runtime.selected_runs(config)
-  return [train_one(config, runs[r], seed) for r, seed in jobs]
+  return [train(config, runs[r], seed) for r, seed in jobs]
 
 
 def _line(result: dict, done: int, total: int) -> str:
@@ -196,13 +208,18 @@ def _line(result: dict, done: int, total: int) -> str:
           f"val {s['final_val']:.4f}  {s['ms_per_step']:.1f} ms/step  ({s['wall_s']:.0f} s)")
 
 
-def run_jobs(config, runs, jobs: list[tuple[int, int]]) -> list[dict]:
-  """Trains every (run index, seed) job; returns the results in job order."""
+def run_jobs(config, runs, jobs: list[tuple[int, int]], train: Callable = train_one) -> list[dict]:
+  """Trains every (run index, seed) job; returns the results in job order.
+
+  ``runs`` are ``runtime.selected_runs(config)``. ``train`` is called as
+  ``train(config, run, seed, progress=...)`` and returns what `train_one`
+  does (it may add keys); with workers it must be a module-level function.
+  """
   workers = min(int(config.workers), len(jobs))
   results: list = [None] * len(jobs)
   if workers <= 0:
     for i, (r, seed) in enumerate(jobs):
-      results[i] = train_one(config, runs[r], seed, progress=runtime.progress_enabled())
+      results[i] = train(config, runs[r], seed, progress=runtime.progress_enabled())
       print(_line(results[i], i + 1, len(jobs)), flush=True)
     return results
   cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -218,7 +235,7 @@ def run_jobs(config, runs, jobs: list[tuple[int, int]]) -> list[dict]:
           workers, mp_context=ctx, initializer=_init_worker,
           initargs=(ctx.Value("i", 0), cores)) as pool:
     index = {job: i for i, job in enumerate(jobs)}
-    futures = {pool.submit(_worker_task, config, task): task
+    futures = {pool.submit(_worker_task, config, task, train): task
                for task in runtime.worker_tasks(jobs, workers)}
     done = 0
     for future in concurrent.futures.as_completed(futures):
