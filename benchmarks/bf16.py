@@ -16,7 +16,7 @@ at 5 steps (``root()``'s default):
 4. Time of the jitted batched kernel per form and dtype, side by side, on this backend.
 
   python benchmarks/bf16.py            # ~2 min on a 2-core CPU
-  python benchmarks/bf16.py --quick    # small shapes, a smoke run
+  python benchmarks/bf16.py --quick    # tiny shapes, a smoke run (tests/test_benchmarks.py)
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def ill_conditioned_rows(shapes, steps, seed):
   return rows
 
 
-def fig2_rows(train_steps, every, seed, steps):
-  recorded, _ = precision.record_momenta(train_steps, every, (64, 256, 1024, 256, 10), seed)
+def fig2_rows(train_steps, every, seed, steps, sizes=(64, 256, 1024, 256, 10)):
+  recorded, _ = precision.record_momenta(train_steps, every, sizes, seed)
   rows = []
   for t, mats in recorded:
     polars = [precision.polar_factor(m) for m in mats]
@@ -157,7 +157,7 @@ def main():
   args = p.parse_args()
   steps = MUON5
   if args.quick:
-    shapes, ill, stacks, train = [(64, 64), (64, 256)], [(32, 256)], [(2, 64, 256)], (20, 10)
+    shapes, ill, stacks, train = [(16, 16), (16, 48)], [(16, 64)], [(1, 16, 48)], (4, 2, (64, 32, 10))
   else:
     shapes = [(512, 512), (512, 1536), (768, 3072), (1024, 256)]
     ill, stacks, train = [(256, 1024), (1024, 256)], [(8, 256, 1024), (4, 512, 512)], (200, 40)
@@ -168,7 +168,7 @@ def main():
   _table(ill_conditioned_rows(ill, steps, args.seed),
          "Ill-conditioned inputs: relative error to the exact polynomial U g(S) V^T (float64), "
          "and the largest output singular value", _fmt)
-  rows, layers = fig2_rows(*train, args.seed, steps)
+  rows, layers = fig2_rows(train[0], train[1], args.seed, steps, *train[2:])
   _table(rows, "Fig. 2 analogue: relative error to the polar factor on recorded clipped momenta "
          "(digits MLP, layers " + ", ".join(f"{m}x{n}" for m, n in layers) + "), mean over layers", _fmt)
   _table(timing_rows(stacks, steps, args.repeats),
