@@ -72,7 +72,7 @@ def test_split_is_exact_and_bounded(m, eps):
 def test_fraction_clipped_is_one_minus_p(seed, shape, p):
   m = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
   tx = root_optax.soft_threshold_outliers(p, track_outliers=True)
-  out, state = tx.update({"w": jnp.asarray(m)}, tx.init({"w": m}))
+  out, state = jax.jit(tx.update)({"w": jnp.asarray(m)}, tx.init({"w": m}))
   n = m.size
   fraction = float(state.outlier_fraction["w"])
   # Continuous entries: exactly floor((1 - p)(n - 1)) entries lie above the
