@@ -90,8 +90,8 @@ _FIRST_STEP_RESCALE = {
 
 def default_restarts(steps: int, dtype) -> tuple[int, ...]:
   """Where the Gram form re-forms ``X`` by default: nowhere in float32 or wider;
-  in sub-float32 dtypes before step 2 of 3 or more (the Gram Newton-Schulz
-  write-up's choice for 5 steps), which bounds the growth of rounding errors
+  in sub-float32 dtypes before step 2 of 3 or more (Zhang et al.'s choice
+  for 5 steps; see `newton_schulz`), which bounds the growth of rounding errors
   in the accumulated polynomial (see `newton_schulz`'s ``gram_restarts``)."""
   if jnp.dtype(dtype).itemsize >= 4 or steps < 3:
     return ()
@@ -99,11 +99,12 @@ def default_restarts(steps: int, dtype) -> tuple[int, ...]:
 
 
 def _check_restarts(restarts: Sequence[int], steps: int) -> tuple[int, ...]:
-  restarts = tuple(sorted({int(r) for r in restarts}))
-  if any(not 1 <= r < steps for r in restarts):
+  """``restarts`` as sorted distinct ints in ``[1, steps - 1]``, or a ValueError naming them."""
+  if any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in restarts) or \
+      any(not 1 <= r < steps for r in restarts):
     raise ValueError(f"gram_restarts must be step indices in [1, {steps - 1}] for "
-                     f"{steps} steps, got {restarts}")
-  return restarts
+                     f"{steps} steps, got {tuple(restarts)!r}")
+  return tuple(sorted({int(r) for r in restarts}))
 
 
 def ns_flops(rows: int, cols: int, steps: int, method: str = STANDARD, restarts: int = 0) -> int:
@@ -125,10 +126,11 @@ def ns_flops(rows: int, cols: int, steps: int, method: str = STANDARD, restarts:
 def resolve_method(method: str, rows: int, cols: int, steps: int, dtype) -> str:
   """``'auto'``: Gram Newton-Schulz where it needs fewer FLOPs, in float32 or wider.
 
-  Below float32 ``'auto'`` keeps the standard form: the bf16 Gram form with
-  its restart is as precise (see `newton_schulz`), but trained a byte-level
-  LM worse than the standard bf16 form (``configs/lm_bf16.py``), so it is
-  only used when asked for (``method='gram'``).
+  Below float32 ``'auto'`` keeps the standard form. The bf16 Gram form with
+  its restart is as precise (see `newton_schulz`) and trained the byte-level
+  LM example no differently (``configs/lm_bf16.py``), but it has not been
+  measured on an accelerator, so it is used only when asked for
+  (``method='gram'``).
   """
   if method != AUTO:
     return method
@@ -223,6 +225,11 @@ def newton_schulz(
   References:
     He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
     Training <https://arxiv.org/abs/2511.20626>`_, 2025, Eq. 3-4.
+
+    Zhang, Amsel, Chen and Dao, `Gram Newton-Schulz: A Fast, Hardware-Aware
+    Newton-Schulz Algorithm for Muon
+    <https://dao-ailab.github.io/blog/2026/gram-newton-schulz/>`_, 2026 (the
+    Gram form and its restart).
   """
   if x.ndim < 2:
     raise ValueError(f"newton_schulz needs a (..., m, n) array, got shape {x.shape}")

@@ -206,3 +206,5 @@ def test_rejects_restarts_outside_the_steps():
     root_optax.newton_schulz(jnp.ones((3, 9)), MUON5, gram_restarts=(5,))
   with pytest.raises(ValueError, match="gram_restarts"):
     root_optax.newton_schulz(jnp.ones((3, 9)), MUON5, gram_restarts=(0,))
+  with pytest.raises(ValueError, match="gram_restarts"):
+    root_optax.newton_schulz(jnp.ones((3, 9)), MUON5, gram_restarts=(2.5,))
