@@ -100,7 +100,7 @@ def test_new_shapes_train_with_adaptive_coefficients_and_no_warning(tmp_path):
     tx = root_optax.root(1e-2, ns_coeffs="auto", calibration_cache_dir=str(tmp_path))
     ours, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   muon = root_optax.root(1e-2, ns_coeffs="muon")
-  theirs, _ = muon.update(grads, muon.init(params), params)
+  theirs, _ = jax.jit(muon.update)(grads, muon.init(params), params)
   for k in params:
     assert float(jnp.max(jnp.abs(ours[k] - theirs[k]))) > 1e-4, k
   assert len(list(tmp_path.glob("*.json"))) == 2  # 96x200 and 200x96 share an entry

@@ -103,13 +103,13 @@ def test_weight_decay_reaches_every_parameter_unless_masked():
   zeros = jax.tree.map(jnp.zeros_like, params)
   tx = root_optax.root(0.1, weight_decay=0.5, ns_coeffs="muon",
                        param_labels=root_optax.route_by_path(("embed",)))
-  updates, _ = tx.update(zeros, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   for key in params:
     np.testing.assert_allclose(updates[key], -0.05 * params[key], rtol=1e-6)
   # One argument spares the vectors, in both branches.
   spared = root_optax.root(0.1, weight_decay=0.5, ns_coeffs="muon",
                            weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
-  updates, _ = spared.update(zeros, spared.init(params), params)
+  updates, _ = jax.jit(spared.update)(zeros, spared.init(params), params)
   np.testing.assert_array_equal(updates["b"], 0.0)
   np.testing.assert_allclose(updates["embed"], -0.05 * params["embed"], rtol=1e-6)
 
