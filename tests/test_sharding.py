@@ -52,6 +52,9 @@ def worker_report():
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
   env.pop("XLA_FLAGS", None)
+  # Every program compiles for real (no persistent cache, see conftest.py): the
+  # worker counts backend compiles and the checks below read their log lines.
+  env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   # XLA's C++ warnings (e.g. the rematerialization one) must reach stderr.
   env["TF_CPP_MIN_LOG_LEVEL"] = "0"
   proc = subprocess.run(

@@ -9,9 +9,11 @@ from examples.conftest import run_example
 
 def test_train_pjit_quick(tmp_path):
   # No XLA_FLAGS: the example asks for 8 host devices itself. XLA's C++
-  # warnings (e.g. the rematerialization one) must reach stderr.
+  # warnings (e.g. the rematerialization one) must reach stderr, so the step
+  # compiles for real (no persistent cache, see conftest.py).
   proc = run_example("examples.pjit.main", ["--config.steps", "20"], tmp_path,
-                     env_overrides={"TF_CPP_MIN_LOG_LEVEL": "0", "XLA_FLAGS": ""})
+                     env_overrides={"TF_CPP_MIN_LOG_LEVEL": "0", "XLA_FLAGS": "",
+                                    "JAX_ENABLE_COMPILATION_CACHE": "false"})
   assert "8 x cpu devices, mesh {'data': 2, 'model': 4}" in proc.stdout
   with open(tmp_path / "losses.csv") as f:
     losses = [float(r["loss"]) for r in csv.DictReader(f)]
