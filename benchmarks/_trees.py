@@ -23,6 +23,11 @@ from optax.contrib import MuonDimensionNumbers
 import root_optax
 
 EMBEDDINGS = ("wte", "wpe")
+# Both optimizers get these, so that they differ only in ROOT's own stages: the
+# arguments whose defaults differ between `root()` (ROOT's reference script)
+# and `optax.contrib.muon`, at root()'s values.
+MATCHED = dict(eps=1e-7, weight_decay=0.1, adam_weight_decay=0.1, adam_b2=0.95,
+               consistent_rms=0.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +48,12 @@ TREES = {
     "gpt-4x384": TreeSpec("gpt-4x384", 4, 384, vocab=8192, context=512),
     "gpt-16x128": TreeSpec("gpt-16x128", 16, 128, vocab=8192, context=512),
     "gpt-8x320-qkvo": TreeSpec("gpt-8x320-qkvo", 8, 320, vocab=8192, context=512, fused_qkv=False),
+    # The test suite's smoke runs (tests/test_benchmarks.py): compiles in seconds.
+    "gpt-2x64": TreeSpec("gpt-2x64", 2, 64, vocab=512, context=128),
 }
 DEFAULT = ("gpt-12x768", "gpt-48x256")
 QUICK = ("gpt-4x384", "gpt-16x128", "gpt-8x320-qkvo")
+SMOKE = "gpt-2x64"
 
 
 def shapes(spec: TreeSpec) -> dict:
@@ -85,17 +93,18 @@ def is_matrix_path(path, leaf) -> bool:
 
 
 def root_optimizer(learning_rate: float = 1e-3, **kwargs) -> optax.GradientTransformation:
-  """`root_optax.root` with the embeddings on AdamW."""
+  """`root_optax.root` with the embeddings on AdamW and the `MATCHED` settings."""
   # The 'muon' preset is one triple for every shape: its fallback warning is noise here.
   warnings.filterwarnings("ignore", message="root_optax: no 'muon' coefficients")
-  return root_optax.root(learning_rate, param_labels=root_optax.route_by_path(EMBEDDINGS), **kwargs)
+  return root_optax.root(learning_rate, param_labels=root_optax.route_by_path(EMBEDDINGS),
+                         **{**MATCHED, **kwargs})
 
 
 def muon_optimizer(learning_rate: float = 1e-3, **kwargs) -> optax.GradientTransformation:
-  """`optax.contrib.muon` with the same routing, decay and RMS scaling as ROOT."""
+  """`optax.contrib.muon` with the same routing and `MATCHED` settings as ROOT."""
   dims = lambda params: jax.tree_util.tree_map_with_path(
       lambda p, x: MuonDimensionNumbers() if is_matrix_path(p, x) else None, params)
-  kwargs = {"weight_decay": 0.1, "consistent_rms": 0.2, "adam_b2": 0.95, **kwargs}
+  kwargs = {**MATCHED, **kwargs}
   return optax.contrib.muon(learning_rate, muon_weight_dimension_numbers=dims, **kwargs)
 
 
@@ -115,7 +124,7 @@ def nbytes(tree) -> int:
 def names(arg: str, quick: bool) -> tuple[str, ...]:
   """Tree names from a ``--trees`` argument (comma list, 'all') or the defaults."""
   if arg == "all":
-    return tuple(n for n in TREES if n not in QUICK)
+    return tuple(n for n in TREES if n not in QUICK + (SMOKE,))
   if arg:
     chosen = tuple(arg.split(","))
     unknown = [n for n in chosen if n not in TREES]

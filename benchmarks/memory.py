@@ -7,7 +7,7 @@ compiled ``update`` + ``apply_updates`` step: temporary (scratch) bytes and
 the peak estimate arguments + outputs + temporaries - aliased bytes.
 
   python benchmarks/memory.py              # all three trees (compiles only, ~3 min on 2 cores)
-  python benchmarks/memory.py --quick
+  python benchmarks/memory.py --quick      # the quick trees (or --trees)
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def _branch_bytes(state, label: str) -> int:
 
 def main():
   p = _harness.parser(__doc__.splitlines()[0], repeats=1)
-  p.add_argument("--trees", default="all", help="comma list of tree names, or 'all'")
+  p.add_argument("--trees", default="", help="comma list of tree names, or 'all' (the default "
+                 "without --quick)")
   args = p.parse_args()
-  names = _trees.QUICK if args.quick else _trees.names(args.trees, False)
+  names = _trees.names(args.trees or ("" if args.quick else "all"), args.quick)
   results = []
   for name in names:
     results.extend(bench_tree(name))

@@ -19,6 +19,7 @@ A fitted set passes where both of its errors are at most Muon's at 5 steps
 and it is safe.
 
   python benchmarks/ns_steps.py                 # ~2 min on a 2-core CPU
+  python benchmarks/ns_steps.py --quick         # 128x128, 3 steps, a small MLP: a smoke run
   python benchmarks/ns_steps.py --all --json ns_steps.json
 """
 
@@ -38,6 +39,8 @@ from root_optax import coefficients as coefficients_lib
 
 MUON = np.asarray([coefficients_lib.MUON_COEFFICIENTS])
 LARGE = {(4096, 4096), (8192, 8192), (2048, 16384)}  # only with --all
+MLP_SIZES = (64, 256, 1024, 256, 10)  # the digits MLP whose momenta are recorded
+QUICK = dict(shapes=[(128, 128)], steps="3", train_steps=10, record_every=5, sizes=(64, 32, 10))
 
 
 def _sets(shape, steps):
@@ -69,8 +72,8 @@ def gaussian_rows(shapes, steps, seed):
   return rows
 
 
-def momentum_rows(steps, train_steps, every, seed):
-  recorded, _ = precision.record_momenta(train_steps, every, (64, 256, 1024, 256, 10), seed)
+def momentum_rows(steps, train_steps, every, seed, sizes=MLP_SIZES):
+  recorded, _ = precision.record_momenta(train_steps, every, sizes, seed)
   shapes = sorted({m.shape for _, mats in recorded for m in mats})
   sets = {shape: _sets(shape, steps) for shape in shapes}
   errors = {shape: {name: [] for name in sets[shape]} for shape in shapes}
@@ -121,13 +124,21 @@ def main(argv=None):
   parser.add_argument("--train-steps", type=int, default=200)
   parser.add_argument("--record-every", type=int, default=20)
   parser.add_argument("--json", default=None)
+  parser.add_argument("--quick", action="store_true",
+                      help="one shape (128x128), 3 steps, a 10-step run of a small MLP")
   args = parser.parse_args(argv)
+  sizes = MLP_SIZES
+  if args.quick:
+    args.steps, args.train_steps, args.record_every = QUICK["steps"], QUICK["train_steps"], QUICK["record_every"]
+    sizes = QUICK["sizes"]
   steps = [int(k) for k in args.steps.split(",") if k]
   start = time.perf_counter()
   shapes = [s for s in sorted(coefficients_lib.load_coefficients("ada").shapes) if args.all or s not in LARGE]
+  if args.quick:
+    shapes = QUICK["shapes"]
   results = {"gaussian": gaussian_rows(shapes, steps, args.seed)}
   print_gaussian(results["gaussian"], steps)
-  results["momenta"] = momentum_rows(steps, args.train_steps, args.record_every, args.seed)
+  results["momenta"] = momentum_rows(steps, args.train_steps, args.record_every, args.seed, sizes)
   print_momenta(results["momenta"], steps)
   print(f"\ntotal {time.perf_counter() - start:.0f} s")
   if args.json:

@@ -3,14 +3,15 @@
 One process, one mesh (8 CPU host devices unless accelerators are present),
 one GPT-shaped tree of transformer blocks (default 12 layers, d = 768: per
 layer q, k, v, o of d x d, MLP d x 4d and 4d x d, two norm vectors; the
-embedding and head go to AdamW in every variant and are left out). Each
-variant's jitted step (update + apply, gradients given) is timed
+embedding and head go to AdamW in every variant and are left out). All
+three variants run with the same weight decay, RMS scaling, AdamW b2 and
+epsilon (`MATCHED`, root()'s defaults). Each variant's jitted step (update + apply, gradients given) is timed
 interleaved with the others, and the median over repeats is reported with
 its ratio to the XLA-default variant, plus the collectives of the compiled
 step (count and bytes received per device).
 
   python benchmarks/sharding.py            # 12 x 768, 5 repeats
-  python benchmarks/sharding.py --quick    # 2 x 256, a smoke run
+  python benchmarks/sharding.py --quick    # 1 x 64, 2 repeats: a smoke run
   python benchmarks/sharding.py --json out.json
 """
 
@@ -35,7 +36,13 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 
 import root_optax  # noqa: E402
 
+import _trees  # noqa: E402
 import hlo_stats  # noqa: E402
+
+# Every variant gets the arguments whose defaults differ between `root()` and
+# `optax.contrib.muon`, at root()'s values, so that the variants differ only in
+# ROOT's stages and where Newton-Schulz runs.
+MATCHED = _trees.MATCHED
 
 # name: (shape as a function of d, 'col' / 'row' / 'vec' under tensor parallelism)
 BLOCK = {
@@ -80,9 +87,9 @@ def shard_tree(tree, mesh, layout):
 
 def optimizers(mesh) -> dict[str, optax.GradientTransformation]:
   return {
-      "xla_default": root_optax.root(1e-3),
-      "sharded": root_optax.root(1e-3, sharding=mesh),
-      "optax_muon": optax.contrib.muon(1e-3),
+      "xla_default": root_optax.root(1e-3, **MATCHED),
+      "sharded": root_optax.root(1e-3, sharding=mesh, **MATCHED),
+      "optax_muon": optax.contrib.muon(1e-3, **MATCHED),
   }
 
 
@@ -170,13 +177,13 @@ def main(argv=None):
   parser.add_argument("--layout", choices=("fsdp", "tp"), default="fsdp")
   parser.add_argument("--mesh", default="2,4", help="mesh shape, e.g. 8 or 2,4")
   parser.add_argument("--axis-type", choices=("explicit", "auto"), default="explicit")
-  parser.add_argument("--quick", action="store_true", help="2 layers, d=256, 2 repeats")
+  parser.add_argument("--quick", action="store_true", help="1 layer, d=64, 2 repeats")
   parser.add_argument("--json", help="also write the results to this JSON file")
   args = parser.parse_args(argv)
   # Shapes without a calibrated entry use the table's default (Muon's triple).
   warnings.filterwarnings("ignore", message="root_optax: no ")
   if args.quick:
-    args.layers, args.d_model, args.repeats = 2, 256, 2
+    args.layers, args.d_model, args.repeats = 1, 64, 2
   mesh_shape = tuple(int(n) for n in args.mesh.split(","))
   result = run(args.layers, args.d_model, args.repeats, args.layout, mesh_shape, args.axis_type)
   _print_table(result)

@@ -11,6 +11,7 @@ calls of the compiled step.
 
   python benchmarks/stage_cost.py --trees gpt-16x128,gpt-8x320-qkvo,gpt-4x384
   python benchmarks/stage_cost.py --quick      # the quick trees (gpt-4x384, gpt-16x128, gpt-8x320-qkvo)
+  python benchmarks/stage_cost.py --quick --trees gpt-2x64 --variants "default,optax Muon"
 """
 
 from __future__ import annotations
@@ -71,15 +72,21 @@ def _in_new_process(tree: str, variant: str, repeats: int) -> dict:
 def main():
   p = _harness.parser(__doc__.splitlines()[0], repeats=3)
   p.add_argument("--trees", default="", help="comma list of tree names, or 'all'")
+  p.add_argument("--variants", default=",".join(VARIANTS),
+                 help="comma list of the variants to run (optax Muon, the reference, always runs)")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args()
+  variants = [v for v in VARIANTS if v in args.variants.split(",") or VARIANTS[v] is None]
+  unknown = set(args.variants.split(",")) - set(VARIANTS)
+  if unknown:
+    p.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)}")
   if args.worker:
     tree, variant = json.loads(args.worker)
     print(json.dumps(measure(tree, variant, args.repeats)))
     return
   rows = []
   for tree in _trees.names(args.trees, args.quick):
-    measured = {v: _in_new_process(tree, v, args.repeats) for v in VARIANTS}
+    measured = {v: _in_new_process(tree, v, args.repeats) for v in variants}
     muon = measured["optax Muon"]
     for variant, m in measured.items():
       rows.append({"tree": tree, "variant": variant, "step_s": m["step_s"],

@@ -6,7 +6,11 @@ Both optimizers run 5 Newton-Schulz steps of the same cost (ROOT with
 Nesterov momentum 0.95, weight decay 0.1, RMS scaling 0.2, and send the
 embeddings and non-matrix leaves to AdamW. ROOT adds its outlier threshold
 (``threshold_method``, default ``'fast'``, and its ``threshold_rank_tolerance``,
-default 0). Timings alternate between the two optimizers and the bare
+default 0). ``root_std`` is ROOT with ``ns_method='standard'``: the standard
+Newton-Schulz iteration that Muon runs instead of the Gram form that
+``'auto'`` picks for rectangular float32 matrices, so ``std_step_ratio``
+against ``step_ratio`` is what the Gram form buys. Timings alternate between
+the three optimizers and the bare
 batched `newton_schulz` of the same matrix stacks (``bare_ns_s``: the floor
 of the step, ``root_over_bare``: ROOT's overhead over it) in one process;
 each ratio is the median of the per-pair ratios.
@@ -101,6 +105,9 @@ def _optimizers(args) -> dict:
       "root": lambda: _trees.root_optimizer(
           ns_coeffs=args.coefficients, threshold_method=args.threshold_method,
           threshold_rank_tolerance=args.threshold_rank_tolerance),
+      "root_std": lambda: _trees.root_optimizer(
+          ns_coeffs=args.coefficients, threshold_method=args.threshold_method,
+          threshold_rank_tolerance=args.threshold_rank_tolerance, ns_method="standard"),
       "muon": _trees.muon_optimizer,
   }
 
@@ -153,6 +160,9 @@ def bench_tree(name: str, args) -> dict:
       "muon_step_s": _harness.median(times["muon"]),
       "step_ratio": (_harness.median(times["root"]) / _harness.median(times["muon"]) if args.sequential
                      else _harness.paired_ratio(times["root"], times["muon"])),
+      "root_std_step_s": _harness.median(times["root_std"]),
+      "std_step_ratio": (_harness.median(times["root_std"]) / _harness.median(times["muon"])
+                         if args.sequential else _harness.paired_ratio(times["root_std"], times["muon"])),
       "bare_ns_s": _harness.median(times["bare"]),
       "root_over_bare": (_harness.median(times["root"]) / _harness.median(times["bare"]) if args.sequential
                          else _harness.paired_ratio(times["root"], times["bare"])),
@@ -175,7 +185,7 @@ def main():
   p.add_argument("--fresh-compiles", type=int, default=0,
                  help="also measure each compile time this many times in new processes (alternating order); "
                       "these replace the in-process compile times")
-  p.add_argument("--compile-only", choices=("root", "muon"), help=argparse.SUPPRESS)
+  p.add_argument("--compile-only", choices=("root", "root_std", "muon"), help=argparse.SUPPRESS)
   p.add_argument("--sequential", action="store_true",
                  help="time one optimizer after the other, freeing each (gpt-24x1024 needs more than "
                       "24 GiB with both alive); the step ratio is then a ratio of medians")
@@ -191,10 +201,11 @@ def main():
     results.append(bench_tree(name, args))
     r = results[-1]
     print(f"{name}: root {r['root_step_s']:.3f}s muon {r['muon_step_s']:.3f}s "
-          f"ratio {r['step_ratio']:.3f}; bare NS {r['bare_ns_s']:.3f}s, root/bare {r['root_over_bare']:.3f}; "
+          f"ratio {r['step_ratio']:.3f} (standard NS {r['std_step_ratio']:.3f}); bare NS {r['bare_ns_s']:.3f}s, root/bare {r['root_over_bare']:.3f}; "
           f"compile ratio {r['compile_ratio']:.3f}", flush=True)
   _harness.print_table(results, [
-      "tree", "matrices", "leaves", "root_step_s", "muon_step_s", "step_ratio", "bare_ns_s",
+      "tree", "matrices", "leaves", "root_step_s", "muon_step_s", "step_ratio", "root_std_step_s",
+      "std_step_ratio", "bare_ns_s",
       "root_over_bare", "root_compile_s", "muon_compile_s", "compile_ratio"],
       f"root(threshold_method={args.threshold_method!r}, "
       f"threshold_rank_tolerance={args.threshold_rank_tolerance}) vs optax.contrib.muon, "

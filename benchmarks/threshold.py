@@ -11,7 +11,8 @@ the two values, as a share of the entries) and the relative value error.
 'fast@tol' stops within ``--tolerance`` of the entries. Runs alternate.
 
   python benchmarks/threshold.py            # shapes 256x256 .. 1024x4096 (~1 min)
-  python benchmarks/threshold.py --quick
+  python benchmarks/threshold.py --quick    # 128x128 .. 512x512
+  python benchmarks/threshold.py --quick --shapes 64x64,64x256 --batch 2 --repeats 1
 """
 
 from __future__ import annotations
@@ -70,9 +71,13 @@ def main():
   p = _harness.parser(__doc__.splitlines()[0], repeats=5)
   p.add_argument("--batch", type=int, default=4, help="matrices per stack")
   p.add_argument("--tolerance", type=float, default=1e-3, help="rank_tolerance of 'fast@tol'")
+  p.add_argument("--shapes", default="", help="comma list like 64x64,64x256 (default: the "
+                 "--quick or full list)")
   args = p.parse_args()
+  shapes = ([tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")] if args.shapes
+            else QUICK if args.quick else SHAPES)
   results = []
-  for shape in QUICK if args.quick else SHAPES:
+  for shape in shapes:
     results.append(bench_shape(shape, args))
     row = results[-1]
     print(f"{row['shape']}: fast {row['fast_over_ns_pct']:.2f}%, fast@tol {row['loose_over_ns_pct']:.2f}% of NS",

@@ -16,8 +16,13 @@ from root_optax.coefficients import load_coefficients
 from root_optax.coefficients import preset_names
 from root_optax.diagnostics import diagnostics
 from root_optax.dimensions import DimensionNumbers
+from root_optax.gate import GateOutliersState
+from root_optax.gate import GateStats
+from root_optax.gate import gate_outliers
 from root_optax.labels import default_labels
 from root_optax.labels import route_by_path
+from root_optax.momentum import momentum_buffer
+from root_optax.momentum import scale_to_average
 from root_optax.momentum import trace
 from root_optax.newton_schulz import newton_schulz
 from root_optax.orthogonalize import ada_newton_orthogonalize
@@ -35,13 +40,15 @@ from root_optax.routing import describe
 from root_optax.routing import routes
 from root_optax.scaling import scale_by_shape
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = (
     "BurstStats",
     "ClipBurstsState",
     "CoefficientTable",
     "DimensionNumbers",
+    "GateOutliersState",
+    "GateStats",
     "OutlierStats",
     "Route",
     "ada_newton_orthogonalize",
@@ -52,7 +59,9 @@ __all__ = (
     "diagnostics",
     "exact_abs_quantile",
     "fast_abs_quantiles",
+    "gate_outliers",
     "load_coefficients",
+    "momentum_buffer",
     "newton_schulz",
     "polynomial_envelope",
     "preset_names",
@@ -60,6 +69,7 @@ __all__ = (
     "route_by_path",
     "routes",
     "scale_by_shape",
+    "scale_to_average",
     "set_calibration_cache_dir",
     "soft_threshold",
     "soft_threshold_outliers",
@@ -72,3 +82,8 @@ __all__ = (
 
 from root_optax.calibration import SpectrumRecorder  # pylint: disable=g-import-not-at-top
 from root_optax.calibration import calibrate  # pylint: disable=g-import-not-at-top
+from root_optax import _signatures  # pylint: disable=g-import-not-at-top
+
+# `help(root)` and the API docs show type aliases by name (`optax.ScalarOrSchedule`,
+# `CoefficientSpec`, ...) instead of the Unions they stand for.
+_signatures.show_alias_names(globals()[name] for name in __all__)

@@ -10,6 +10,7 @@ from root_optax import bursts as bursts_lib
 from root_optax import calibration_cache
 from root_optax import coefficients as coefficients_lib
 from root_optax import dimensions
+from root_optax import gate as gate_lib
 from root_optax import labels as labels_lib
 from root_optax import momentum as momentum_lib
 from root_optax import orthogonalize
@@ -26,15 +27,14 @@ VARIANTS = (ROBUST, PAPER)
 # What each variant uses for the arguments left at None. The robust gate and
 # burst band are the values chosen on the LM example (docs/results.md).
 VARIANT_DEFAULTS = {
-    ROBUST: dict(outlier_gate=3.0, burst_factor=4.0, quantile=1.0, ns_coeffs="muon"),
+    ROBUST: dict(outlier_gate=10.0, burst_factor=4.0, quantile=1.0, ns_coeffs="muon"),
     PAPER: dict(outlier_gate=math.inf, burst_factor=math.inf, quantile=0.90, ns_coeffs="paper"),
 }
-GATE_QUANTILE = 0.90  # the gate is a multiple of this magnitude quantile of each gradient matrix
 
 
 # Inner transforms' argument names -> root()'s, so that errors name root()'s.
 _THRESHOLD_NAMES = dict(method="threshold_method", rank_tolerance="threshold_rank_tolerance")
-_GATE_NAMES = dict(multiplier="outlier_gate", **_THRESHOLD_NAMES)
+_GATE_NAMES = dict(threshold="outlier_gate", decay="outlier_gate_decay")
 _BURST_NAMES = dict(factor="burst_factor", decay="burst_decay")
 _MOMENTUM_NAMES = dict(decay="beta", accumulator_dtype="mu_dtype")
 _ORTHOGONALIZE_NAMES = dict(coefficients="ns_coeffs", cache_dir="calibration_cache_dir",
@@ -70,6 +70,7 @@ def root(
     consistent_rms: Optional[float] = 0.2,
     variant: str = ROBUST,
     outlier_gate: Optional[float] = None,
+    outlier_gate_decay: float = 0.95,
     burst_factor: Optional[float] = None,
     burst_decay: float = 0.95,
     quantile: Optional[float] = None,
@@ -89,7 +90,8 @@ def root(
   For each matrix parameter ``W`` with gradient ``G`` (paper Algorithm 1, with
   the reference script's Nesterov momentum and scaling)::
 
-    G   = clip(G, -k q, k q)                (outlier gate; q = q_0.9(|G|))
+    G   = clip(G, -k s v, k s v)            (outlier gate; s = mean|G|, v = the
+                                         entry's factored running |G| / s)
     G   = G r / ||G||  if ||G|| > f r       (burst guard; r = EMA of ||G||)
     M   = beta M + G;   N = G + beta M      (trace)
     B   = clip(N, -eps_q, eps_q)            (the paper's clip, eps_q = q_p(|N|))
@@ -103,11 +105,13 @@ def root(
 
   ``variant`` picks the defaults of the robustness stages:
 
-  * ``'robust'`` (default): the gate (``k = 3``) and the burst guard
-    (``f = 4``) act on the gradient before it enters the momentum, and only
-    on real outliers. The paper's momentum clip is off (``quantile=1.0``): it
-    clips 10% of every momentum at every step, catches spikes less well than
-    the gate and cannot remove a burst already in the momentum.
+  * ``'robust'`` (default): the gate (``k = 10``, `gate_outliers`) and the
+    burst guard (``f = 4``, `clip_bursts`) act on the gradient before it
+    enters the momentum, and only on entries and steps that are abnormal for
+    that matrix's own recent history: a row or column that is large at every
+    step is signal and passes. The paper's momentum clip is off
+    (``quantile=1.0``): it clips 10% of every momentum at every step and
+    cannot remove a burst already in the momentum.
     Coefficients ``'muon'``: Muon's triple for every shape. AdaNewton's
     per-shape coefficients are ``ns_coeffs='auto'``: they orthogonalise 10x
     more precisely, but trained worse on the LM example (``docs/robustness.md``).
@@ -120,9 +124,11 @@ def root(
   as in the reference (``w *= 1 - lr * wd``), and by default applies to every
   parameter, in both branches: biases and norm scales too (on the LM example
   sparing them trains worse, see ``docs/migration.md``; pass a
-  ``weight_decay_mask`` to spare them). Leaves labelled ``'adam'`` (by default every leaf that is not
-  2-D; use `route_by_path` to also send embeddings and the LM head, as the
-  reference does) are trained with AdamW.
+  ``weight_decay_mask`` to spare them). Leaves labelled ``'adam'`` are trained
+  with AdamW: by default (`default_labels`) every leaf that is not a weight
+  matrix (not 2-D, a dimension of 1, a stacked ``bias`` or ``scale``, an
+  ``embed`` path, or not real floating-point); use `route_by_path` to also
+  send the LM head, as the reference does, and `describe` to see the routing.
 
   Example:
     >>> import jax.numpy as jnp
@@ -156,7 +162,9 @@ def root(
     mu_dtype: dtype of the momentum buffers (ROOT and AdamW).
     nesterov: Use the Nesterov look-ahead ``G + beta M``.
     adaptive: Scale each orthogonalised update ``U`` by ``<B, U>``, the dual
-      norm of the matrix it came from (Bernstein et al., 2024), as optax Muon.
+      norm of the matrix it came from (Bernstein et al., 2024), as optax Muon,
+      with the momentum taken as an average as Muon keeps it (ROOT keeps a sum,
+      ~``1 / (1 - beta)`` times larger; see `scale_to_average`).
     preconditioning: How each matrix is rescaled before Newton-Schulz:
       ``'frobenius'`` (the reference), ``'schatten'`` (Schatten-4 norm,
       ``'schatten4'`` also accepted), ``'aol'`` (AOL row sums) or
@@ -171,15 +179,18 @@ def root(
     adam_weight_decay: AdamW's weight decay (default: ``weight_decay``).
     adam_learning_rate: AdamW's learning rate (default: ``learning_rate``).
     muon_weight_dimension_numbers: `optax.contrib.MuonDimensionNumbers` per
-      leaf (None for AdamW leaves), one for all leaves of rank >= 2, or a
-      callable; lets stacked (scanned) layers and conv kernels be ROOT leaves.
+      leaf (None for AdamW leaves) in a tree like the params or a prefix of
+      it, one for all leaves of rank >= 2, or a callable returning either
+      (called once); lets stacked (scanned) layers, attention and conv
+      kernels be ROOT leaves (recipes: ``docs/migration.md``).
     consistent_rms: Scale each update by ``consistent_rms * sqrt(max(m, n))``
       so its RMS matches AdamW's (Liu et al., 2025); None: optax Muon's
       default width scaling ``sqrt(max(1, fan_out / fan_in))``.
     variant: ``'robust'`` or ``'paper'`` (see above).
-    outlier_gate: ``k`` >= 1: entries of each gradient matrix beyond ``k``
-      times its 90% magnitude quantile are clipped to it (`soft_threshold_outliers`
-      with ``multiplier=k``); ``math.inf``: off.
+    outlier_gate: ``k`` > 0: entries of each gradient matrix beyond ``k``
+      times their expected magnitude, from the EMAs of that matrix's row and
+      column magnitudes, are clipped to it (`gate_outliers`); ``math.inf``: off.
+    outlier_gate_decay: Decay of those EMAs, in [0, 1).
     burst_factor: ``f`` > 1: a matrix gradient whose norm exceeds ``f`` times
       the EMA of its past norms is rescaled to that EMA (`clip_bursts`);
       ``math.inf``: off.
@@ -187,7 +198,7 @@ def root(
     quantile: ``p`` in (0, 1] of the paper's momentum clip; 1.0: off.
     threshold: A fixed momentum threshold instead of the quantile.
     threshold_method: ``'fast'`` (counting search, sorts only a small sample)
-      or ``'exact'`` (full sort), for the gate and the momentum clip.
+      or ``'exact'`` (full sort), for the paper's momentum clip.
     threshold_rank_tolerance: For ``'fast'``, the largest share of a matrix's
       entries, in [0, 1), between the threshold and the exact quantile;
       default 0 (exact order statistics), see `soft_threshold_outliers`.
@@ -201,8 +212,8 @@ def root(
     adam_eps: AdamW's epsilon.
     adam_nesterov: NAdamW instead of AdamW for the ``'adam'`` leaves (optax
       Muon's ``nesterov=True`` does both; ROOT's reference uses AdamW).
-    param_labels: A tree of ``'root'`` / ``'adam'`` like the params, or a
-      callable returning one.
+    param_labels: A tree of ``'root'`` / ``'adam'`` like the params (or a
+      prefix of it), or a callable returning one.
     sharding: Multi-device Newton-Schulz: None (XLA's default partitioning),
       ``'auto'`` or a `jax.sharding.Mesh` (each shape group split along its
       stack axis over the mesh, whole matrices per device); see
@@ -215,8 +226,9 @@ def root(
   Raises:
     ValueError, TypeError: When built, for an argument outside its allowed
       range or of the wrong type; the message names the argument, the value
-      and what is allowed. At ``init``, TypeError for a complex leaf labelled
-      ``'root'`` (label it ``'adam'``: AdamW handles complex parameters).
+      and what is allowed. At ``init``, TypeError for a complex or integer
+      leaf labelled ``'root'`` by ``param_labels`` (without ``param_labels``
+      such leaves go to AdamW, named in one INFO log line).
 
   References:
     He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
@@ -244,6 +256,10 @@ def root(
     _validation.in_range(name, b, 0.0, 1.0, high_open=True)
   _validation.in_range("adam_eps", adam_eps, 0.0, math.inf, low_open=True)
   _validation.boolean("adam_nesterov", adam_nesterov)
+  # Checked here too: with the momentum clip off they reach no transform.
+  _validation.one_of("threshold_method", threshold_method, quantiles.METHODS)
+  _validation.in_range("threshold_rank_tolerance", threshold_rank_tolerance, 0.0, 1.0,
+                       high_open=True)
   _validation.bool_tree("weight_decay_mask", weight_decay_mask)
   if param_labels is not None and not callable(param_labels):
     labels_lib.resolve_labels(param_labels, None)
@@ -258,10 +274,13 @@ def root(
         track_outliers=True, name=name, opaque_offsets=before_per_leaf_stages))
 
   stages = []
-  if not _is_off(outlier_gate, math.inf):
+  gate_on, guard_on = not _is_off(outlier_gate, math.inf), not _is_off(burst_factor, math.inf)
+  if gate_on:  # the gate, and the burst guard in the same pass over the stacks
     with _validation.argument_names(**_GATE_NAMES):
-      stages.append(clip(GATE_QUANTILE, outlier_gate, None, "gradient_outliers", True))
-  if not _is_off(burst_factor, math.inf):
+      stages.append(sharding_lib.with_auto_axes(gate_lib.gate_outliers(
+          outlier_gate, outlier_gate_decay, weight_dimension_numbers=dims,
+          burst_factor=burst_factor if guard_on else None, burst_decay=burst_decay)))
+  elif guard_on:
     with _validation.argument_names(**_BURST_NAMES):
       stages.append(bursts_lib.clip_bursts(burst_factor, burst_decay, weight_dimension_numbers=dims))
   with _validation.argument_names(**_MOMENTUM_NAMES):
@@ -274,6 +293,10 @@ def root(
         ns_coeffs, ns_steps, orthogonalize.normalization_for(preconditioning), eps, compute_dtype,
         weight_dimension_numbers=dims, sharding=sharding, cache_dir=calibration_cache_dir,
         adaptive=adaptive, method=ns_method))
+  if adaptive:
+    # <B, U> of the sum-form momentum is ~1 / (1 - beta) times optax Muon's (an average).
+    with _validation.argument_names(**_MOMENTUM_NAMES):
+      stages.append(momentum_lib.scale_to_average(beta, nesterov))
   mode, rms = (scaling_lib.SPECTRAL, 0.2) if consistent_rms is None else (scaling_lib.RMS, consistent_rms)
   with _validation.argument_names(**_SCALING_NAMES):
     stages.append(scaling_lib.scale_by_shape(mode, rms, weight_dimension_numbers=dims))

@@ -58,6 +58,18 @@ def _burst_step(norm, ema, factor, decay):
   return scale, new_ema, burst
 
 
+def guard_stack(g: jax.Array, ema: jax.Array, factor: float, decay: float
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The guard on a ``(b, m, n)`` stack with its ``(b,)`` norm EMAs.
+
+  Returns:
+    ``(guarded, new_ema, burst)``; ``guarded`` is ``g`` bit for bit where no
+    burst was caught.
+  """
+  scale, ema, burst = _burst_step(stacking.frobenius_norms(g), ema, factor, decay)
+  return g * scale.astype(g.dtype)[:, None, None], ema, burst
+
+
 def clip_bursts(
     factor: float = 4.0,
     decay: float = 0.95,
@@ -107,12 +119,19 @@ def clip_bursts(
     del params
     views = stacking.matrix_leaves(updates, weight_dimension_numbers)
     olds = stacking.per_leaf_entries(state.stats["bursts"], views.treedef)
-    outs, new_stats = [], list(olds)
-    for i, m in zip(views.indices, views.matrices):
-      scale, ema, burst = _burst_step(stacking.frobenius_norms(m), olds[i].norm_ema, factor, decay)
-      outs.append(m * scale.astype(m.dtype)[:, None, None])
-      new_stats[i] = BurstStats(olds[i].matrix_shape, ema, olds[i].caught + burst.astype(jnp.int32))
-    stats = {"bursts": stacking.trees_of_fields(BurstStats, new_stats, views.treedef)}
-    return views.rebuild(outs), ClipBurstsState(stats)
+    olds = [olds[i] for i in views.indices]
+    stacks, plan = stacking.stack_matrices(views.matrices)
+    outs, figures = {}, {}
+    for key, members in zip(stacks, plan):
+      emas = stacking.stack_vectors([olds[i].norm_ema for i in members.indices])
+      outs[key], ema, burst = guard_stack(stacks[key], emas, factor, decay)
+      figures[key] = jnp.stack([ema, burst.astype(jnp.float32)], axis=1)
+    opaque = jax.device_count() == 1
+    cut = stacking.per_member(figures, plan, opaque)
+    new = [BurstStats(old.matrix_shape, cut[j][:, 0], old.caught + cut[j][:, 1].astype(jnp.int32))
+           for j, old in enumerate(olds)]
+    stats = {"bursts": stacking.trees_of_fields(BurstStats, views.per_leaf(new, optax.MaskedNode),
+                                                views.treedef)}
+    return views.rebuild(stacking.unstack(outs, plan, views.matrices, opaque)), ClipBurstsState(stats)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -14,6 +14,12 @@ from typing import Optional
 from root_optax import calibration
 from root_optax import coefficients as coefficients_lib
 
+# What `--help` shows: plain text (the module docstring is reStructuredText).
+_DESCRIPTION = (
+    "root_optax's command line. 'root-optax calibrate --shape 768x3072 --out table.json' "
+    "fits Newton-Schulz coefficients for each matrix shape and writes a coefficient table "
+    "that root_optax.load_coefficients and root(ns_coeffs='table.json') read.")
+
 
 def _progress(total: int):
   """A tqdm bar when tqdm is installed, else one printed line per shape."""
@@ -113,7 +119,7 @@ def _calibrate(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Entry point of the ``root-optax`` console script."""
-  parser = argparse.ArgumentParser(prog="root-optax", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="root-optax", description=_DESCRIPTION)
   sub = parser.add_subparsers(dest="command", required=True)
   _add_calibrate_parser(sub)
   args = parser.parse_args(argv)

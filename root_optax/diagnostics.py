@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from root_optax import bursts
+from root_optax import gate
 from root_optax import outliers
 
 
@@ -61,7 +62,8 @@ def diagnostics(opt_state: Any) -> dict[str, float]:
     far, summed over the group) and ``norm_ema`` for ``bursts``.
   """
   out: dict[str, float] = {}
-  is_stage = lambda x: isinstance(x, (outliers.SoftThresholdState, bursts.ClipBurstsState))
+  stages = (gate.GateOutliersState, outliers.SoftThresholdState, bursts.ClipBurstsState)
+  is_stage = lambda x: isinstance(x, stages)
   for state in jax.tree.leaves(opt_state, is_leaf=is_stage):
     if is_stage(state):
       for name, stats in (state.stats or {}).items():

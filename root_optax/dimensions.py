@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import jax
+import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers
 
@@ -72,36 +73,83 @@ def from_matrices(y: jax.Array, shape: tuple[int, ...], dims: MuonDimensionNumbe
   return y.transpose(inverse)
 
 
+def is_spec_function(spec: Any) -> bool:
+  """Whether ``spec`` is a callable returning dimension numbers, not dimension numbers.
+
+  A tree of dimension numbers may itself be callable (every equinox Module
+  is): a callable whose pytree leaves are all dimension numbers or None is a
+  tree, and is never called.
+  """
+  if not callable(spec) or is_dimension_numbers(spec):
+    return False
+  return any(not _is_dims_leaf(leaf) for leaf in jax.tree.leaves(spec, is_leaf=_is_dims_leaf))
+
+
+def spec_for(weight_dimension_numbers: WeightDimNumOrFn, tree: Any) -> Any:
+  """The dimension numbers for ``tree``: the callable's result, called once, or the spec itself."""
+  spec = weight_dimension_numbers
+  return spec(tree) if is_spec_function(spec) else spec
+
+
+class _Entries:
+  """The per-leaf entries of one subtree: a plain object, so a leaf to `jax.tree`."""
+
+  def __init__(self, items: list):
+    self.items = items
+
+
+def _broadcast_prefix(spec: Any, tree: Any) -> list:
+  """One entry of ``spec`` per leaf of ``tree``; an entry at a subtree covers its leaves.
+
+  As optax's Muon: ``{'w1': None, 'w2': MuonDimensionNumbers()}`` sends every
+  leaf under ``w1`` to AdamW and views every leaf of rank >= 2 under ``w2``.
+  """
+  def per_subtree(dims, sub):
+    leaves = jax.tree.leaves(sub)
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(sub)) and leaves:
+      return _Entries([dims])  # the entry of this very leaf
+    return _Entries([dims if dims is not None and np.ndim(leaf) >= 2 else None for leaf in leaves])
+
+  try:
+    nested = jax.tree.map(per_subtree, spec, tree, is_leaf=_is_dims_leaf)
+  except ValueError as e:
+    raise ValueError(
+        "weight_dimension_numbers must have the structure of the params, or of a "
+        f"prefix of it (None or MuonDimensionNumbers at a subtree): {e}") from e
+  return [d for entries in jax.tree.leaves(nested) for d in entries.items]
+
+
 def resolve(weight_dimension_numbers: WeightDimNumOrFn, updates: Any) -> Any:
   """Returns, per leaf of ``updates``, its `MuonDimensionNumbers` or None.
 
   Args:
     weight_dimension_numbers: None (every 2-D leaf is a ``(fan_in, fan_out)``
       matrix, other leaves are left alone), one `MuonDimensionNumbers` for every
-      leaf of rank >= 2, a tree of them (None marks leaves to leave alone), or
-      a callable returning such a tree from the updates.
+      leaf of rank >= 2, a tree of them like ``updates`` or a prefix of it
+      (None marks leaves to leave alone; an entry at a subtree applies to its
+      leaves of rank >= 2), or a callable returning such a tree from the
+      updates (called once: the tree it returns may itself be callable, as an
+      equinox Module is).
     updates: The tree the transform is applied to.
 
   Returns:
     A list, one entry per leaf of ``updates``: its dimension numbers or None.
   """
-  spec = weight_dimension_numbers
-  if callable(spec) and not is_dimension_numbers(spec):
-    spec = spec(updates)
-  leaves, treedef = jax.tree.flatten(updates)
+  spec = spec_for(weight_dimension_numbers, updates)
+  leaves = jax.tree.leaves(updates)
   if spec is None:
-    return [MATRIX if leaf.ndim == 2 else None for leaf in leaves]
+    return [MATRIX if np.ndim(leaf) == 2 else None for leaf in leaves]
   if is_dimension_numbers(spec):
-    return [spec if leaf.ndim >= 2 else None for leaf in leaves]
-  per_leaf = treedef.flatten_up_to(spec)
+    return [spec if np.ndim(leaf) >= 2 else None for leaf in leaves]
+  per_leaf = _broadcast_prefix(spec, updates)
   for dims, leaf in zip(per_leaf, leaves):
     if not (dims is None or is_dimension_numbers(dims)):
       raise TypeError(
           "weight_dimension_numbers leaves must be MuonDimensionNumbers or None, "
           f"got {type(dims).__name__}")
-    if dims is not None and leaf.ndim < 2:
+    if dims is not None and np.ndim(leaf) < 2:
       raise ValueError(
-          f"dimension numbers {dims} given for a leaf of rank {leaf.ndim}; "
+          f"dimension numbers {dims} given for a leaf of rank {np.ndim(leaf)}; "
           "only leaves of rank >= 2 can be viewed as matrices")
   return per_leaf
 
@@ -110,7 +158,7 @@ def validate_spec(weight_dimension_numbers: WeightDimNumOrFn,
                   name: str = "weight_dimension_numbers") -> None:
   """Build-time type check of a ``weight_dimension_numbers`` argument called ``name``."""
   spec = weight_dimension_numbers
-  if spec is None or callable(spec) or is_dimension_numbers(spec):
+  if spec is None or is_dimension_numbers(spec) or is_spec_function(spec):
     return
   for leaf in jax.tree.leaves(spec, is_leaf=_is_dims_leaf):
     if not _is_dims_leaf(leaf):

@@ -165,7 +165,7 @@ def soft_threshold_outliers(
       zeros = jnp.zeros([batch], jnp.float32)
       return OutlierStats(stacking.matrix_shape_array(rows, cols), zeros, zeros, zeros)
 
-    fractions = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
+    fractions = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), stacking.unboxed(params))
     entries, treedef = dimensions.map_matrix_leaves(stats, params, weight_dimension_numbers)
     return SoftThresholdState(fractions, {name: stacking.trees_of_fields(OutlierStats, entries, treedef)})
 
@@ -207,5 +207,5 @@ def _tracked_state(figures: dict, plan: list, views: stacking.MatrixLeaves, name
   fractions = views.per_leaf([jnp.mean(s.clipped_fraction) for s in per_matrix],
                              lambda: jnp.zeros([], jnp.float32))
   stats = views.per_leaf(per_matrix, optax.MaskedNode)
-  return SoftThresholdState(jax.tree.unflatten(views.treedef, fractions),
+  return SoftThresholdState(jax.tree.unflatten(stacking.figure_treedef(views.treedef), fractions),
                             {name: stacking.trees_of_fields(OutlierStats, stats, views.treedef)})

@@ -23,6 +23,10 @@ DEFAULT_MAX_GAIN = 1.5
 # Where `polynomial_envelope` starts its minimum: g^(T)(0) = 0 for every set.
 _MIN_INPUT = 0.01
 _NUM_POINTS = 200_001
+# `composed_polynomial` reports a value whose magnitude passes this at any step
+# as diverged (+-inf): one more quintic step of it, ~c x^5, is within float64's
+# range (1.8e308) for any |c| < 1e150, two are not.
+_DIVERGED = 1e30
 
 
 def as_coefficient_array(value: Any, where: str = "coefficients") -> np.ndarray:
@@ -102,9 +106,19 @@ def composed_polynomial(coeffs: Any, x: Any, ns_steps: int) -> np.ndarray:
     ns_steps: Newton-Schulz steps T.
 
   Returns:
-    ``g^(T)(x)`` in float64.
+    ``g^(T)(x)`` in float64; ``+-inf`` where the iterate's magnitude exceeded
+    1e30 at some step (diverged; computed without overflowing).
   """
-  return compose(steps_schedule(coeffs, ns_steps), np.asarray(x, dtype=np.float64))
+  schedule = steps_schedule(coeffs, ns_steps)
+  y = np.asarray(x, dtype=np.float64)
+  diverged = np.abs(y) > _DIVERGED
+  sign = np.sign(y)
+  for a, b, c in schedule:
+    y = quintic(np.where(diverged, 0.0, y), a, b, c)
+    newly = ~diverged & (np.abs(y) > _DIVERGED)
+    sign = np.where(newly, np.sign(y), sign)
+    diverged = diverged | newly
+  return np.where(diverged, np.copysign(np.inf, sign), y)[()]
 
 
 @dataclasses.dataclass(frozen=True)

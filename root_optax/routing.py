@@ -26,11 +26,12 @@ class Route(NamedTuple):
     path: The leaf's ``/``-joined key path.
     shape: Its shape.
     label: ``'root'`` or ``'adam'``.
-    reason: Why: ``'2-D'``, ``'rank 1'``, ``'param_labels'``, ...
+    reason: Why: ``'2-D'``, ``'rank 1'``, ``"path has 'embed'"``, ...
     matrices: For ROOT leaves, how many matrices its view holds (the product
       of its batch axes); 0 for AdamW leaves.
     group: For ROOT leaves, the ``(min, max)`` shape of its matrices; None
       for AdamW leaves.
+    dtype: The leaf's dtype name.
   """
   path: str
   shape: tuple[int, ...]
@@ -38,14 +39,30 @@ class Route(NamedTuple):
   reason: str
   matrices: int = 0
   group: Optional[tuple[int, int]] = None
+  dtype: str = ""
 
 
-def _default_reason(ndim: int) -> str:
-  if ndim == 2:
-    return "2-D"
-  if ndim > 2:
-    return f"rank {ndim}: pass muon_weight_dimension_numbers to orthogonalise it"
-  return f"rank {ndim}"
+def _labels_and_reasons(params: Any, param_labels: labels_lib.LabelsOrFn,
+                        muon_weight_dimension_numbers: dimensions.WeightDimNumOrFn,
+                        dims: list) -> list[tuple[str, str]]:
+  """Per leaf, ``(label, why)`` as `root()` decides them."""
+  leaves = jax.tree.leaves(params)
+  default = labels_lib.PathRouter((labels_lib.EMBEDDING,), warn_unmatched=False)
+  if isinstance(param_labels, labels_lib.PathRouter):
+    return param_labels.reasons(params)
+  if param_labels is not None:
+    labels = labels_lib.per_leaf_labels(labels_lib.resolve_labels(param_labels, params), params)
+    return [(label, "param_labels" if label == d_label else f"param_labels (default: {d_label}, {why})")
+            for label, (d_label, why) in zip(labels, default.reasons(params))]
+  if muon_weight_dimension_numbers is not None:
+    out = [(labels_lib.ADAM if d is None else labels_lib.ROOT, "muon_weight_dimension_numbers")
+           for d in dims]
+  else:
+    out = default.reasons(params)
+  # root() sends what is not a real floating-point array to AdamW (labels_fn).
+  return [(labels_lib.ADAM, f"dtype {np.dtype(jax.numpy.result_type(leaf)).name}: AdamW")
+          if label == labels_lib.ROOT and not labels_lib.is_real_float(leaf) else (label, why)
+          for (label, why), leaf in zip(out, leaves)]
 
 
 def routes(params: Any, param_labels: labels_lib.LabelsOrFn = None,
@@ -54,7 +71,7 @@ def routes(params: Any, param_labels: labels_lib.LabelsOrFn = None,
 
   Args:
     params: The parameters (arrays or `jax.ShapeDtypeStruct`s: only shapes
-      are read).
+      and dtypes are read; ``nnx.State`` and other boxed trees are unboxed).
     param_labels: As `root`'s ``param_labels``.
     muon_weight_dimension_numbers: As `root`'s.
 
@@ -66,48 +83,58 @@ def routes(params: Any, param_labels: labels_lib.LabelsOrFn = None,
       dimension numbers of the wrong kind, as `root` would at ``init``.
   """
   dimensions.validate_spec(muon_weight_dimension_numbers, "muon_weight_dimension_numbers")
-  with_path, _ = jax.tree_util.tree_flatten_with_path(params)
-  shapes = [tuple(np.shape(leaf)) for _, leaf in with_path]
+  leaves = jax.tree.leaves(params)
+  paths = labels_lib.leaf_paths(params)
   dims = dimensions.resolve(muon_weight_dimension_numbers, params)
-  if param_labels is not None:
-    labels = jax.tree.leaves(labels_lib.resolve_labels(param_labels, params))
-    reasons = ["param_labels"] * len(labels)
-  elif muon_weight_dimension_numbers is not None:
-    labels = [labels_lib.ADAM if d is None else labels_lib.ROOT for d in dims]
-    reasons = ["muon_weight_dimension_numbers"] * len(labels)
-  else:
-    labels = [labels_lib.ROOT if len(s) == 2 else labels_lib.ADAM for s in shapes]
-    reasons = [_default_reason(len(s)) for s in shapes]
+  decided = _labels_and_reasons(params, param_labels, muon_weight_dimension_numbers, dims)
   out = []
-  for (path, _), shape, label, reason, dim in zip(with_path, shapes, labels, reasons, dims):
-    text = labels_lib.path_text(path)
+  for text, leaf, (label, reason), dim in zip(paths, leaves, decided, dims):
+    shape, dtype = tuple(np.shape(leaf)), np.dtype(jax.numpy.result_type(leaf)).name
     if label != labels_lib.ROOT or len(shape) < 2:
-      out.append(Route(text, shape, label, reason))
+      out.append(Route(text, shape, label, reason, dtype=dtype))
       continue
     batch, fan_in, fan_out = dimensions.matrix_shape(shape, dim or dimensions.MATRIX)
-    out.append(Route(text, shape, label, reason, batch, (min(fan_in, fan_out), max(fan_in, fan_out))))
+    out.append(Route(text, shape, label, reason, batch, (min(fan_in, fan_out), max(fan_in, fan_out)),
+                     dtype))
   return tuple(out)
 
 
+def _count(n: int, noun: str, plural: str) -> str:
+  return f"{n} {noun if n == 1 else plural}"
+
+
 def summary(found: tuple[Route, ...]) -> str:
-  """One line: how many leaves go where, and the ROOT shape groups."""
+  """One line: how many leaves go where, the ROOT shape groups, and what to check."""
   groups: dict = {}
   for r in found:
     if r.group is not None:
       groups[r.group] = groups.get(r.group, 0) + r.matrices
   n_root = sum(r.label == labels_lib.ROOT for r in found)
-  text = ", ".join(f"{n} x {a}x{b}" for (a, b), n in sorted(groups.items()))
-  line = (f"{n_root} leaves to ROOT ({len(groups)} shape groups: {text}), "
-          f"{len(found) - n_root} to AdamW")
+  line = f"{_count(n_root, 'leaf', 'leaves')} to ROOT"
+  if groups:
+    text = ", ".join(f"{n} x {a}x{b}" for (a, b), n in sorted(groups.items()))
+    line += f" ({_count(len(groups), 'shape group', 'shape groups')}: {text})"
+  line += f", {len(found) - n_root} to AdamW"
   high_rank = [r.path for r in found if r.label == labels_lib.ADAM and len(r.shape) > 2]
   if high_rank:
     line += f"; rank > 2 on AdamW: {', '.join(high_rank)}"
+  # On ROOT yet no weight matrix: a matrix view with a dimension of 1, a 2-D bias or scale.
+  vector_like = [r.path for r in found if r.label == labels_lib.ROOT and (
+      (r.group is not None and r.group[0] == 1)
+      or (len(r.shape) == 2 and labels_lib.structural_reason(r.path, r.shape) is not None))]
+  if vector_like:
+    line += f"; not weight matrices on ROOT: {', '.join(vector_like)}"
   return line
 
 
 def describe(params: Any, param_labels: labels_lib.LabelsOrFn = None,
              muon_weight_dimension_numbers: dimensions.WeightDimNumOrFn = None) -> str:
   """A table of where `root()` sends each leaf of ``params``, and why.
+
+  The summary line flags what may not be what you meant: leaves of rank > 2
+  on AdamW (stacked layers, attention or conv kernels: give them
+  ``muon_weight_dimension_numbers``) and leaves on ROOT that are not weight
+  matrices (a dimension of 1, a 2-D ``bias`` or ``scale``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -116,11 +143,11 @@ def describe(params: Any, param_labels: labels_lib.LabelsOrFn = None,
     ...           'b': jnp.zeros(128)}
     >>> print(root_optax.describe(
     ...     params, param_labels=root_optax.route_by_path(('embed',))))
-    1 leaves to ROOT (1 shape groups: 1 x 64x128), 2 to AdamW
-    leaf   shape      goes to  matrix group  why
-    b      (128,)     adam                   param_labels
-    embed  (256, 64)  adam                   param_labels
-    w      (64, 128)  root     1 x 64x128    param_labels
+    1 leaf to ROOT (1 shape group: 1 x 64x128), 2 to AdamW
+    leaf   shape      dtype    goes to  matrix group  why
+    b      (128,)     float32  adam                   rank 1
+    embed  (256, 64)  float32  adam                   path has 'embed'
+    w      (64, 128)  float32  root     1 x 64x128    2-D
 
   Args:
     params: The parameters (arrays or `jax.ShapeDtypeStruct`s).
@@ -131,11 +158,11 @@ def describe(params: Any, param_labels: labels_lib.LabelsOrFn = None,
     The summary line of `summary`, then one row per leaf.
   """
   found = routes(params, param_labels, muon_weight_dimension_numbers)
-  rows = [("leaf", "shape", "goes to", "matrix group", "why")]
+  rows = [("leaf", "shape", "dtype", "goes to", "matrix group", "why")]
   for r in found:
     group = f"{r.matrices} x {r.group[0]}x{r.group[1]}" if r.group else ""
-    rows.append((r.path, str(r.shape), r.label, group, r.reason))
-  widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    rows.append((r.path, str(r.shape), r.dtype, r.label, group, r.reason))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
   return "\n".join([summary(found)] + lines)
 

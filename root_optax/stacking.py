@@ -11,6 +11,7 @@ shapes and 192 matrices.
 batches and puts results back; `stack` and `unstack` batch those by shape.
 """
 
+import sys
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from root_optax import dimensions
+from root_optax import sharding
 
 
 class GroupKey(NamedTuple):
@@ -230,19 +232,83 @@ def frobenius_norms(m: jax.Array) -> jax.Array:
   return top * jnp.sqrt(jnp.sum(jnp.square(a / safe[:, None, None]), axis=(1, 2)))
 
 
+# Where flax keeps a parameter's metadata (e.g. its sharding) in the tree itself:
+# (module, class) of nnx's Variable and linen's boxes (`nn.Partitioned`...).
+_METADATA_BOXES = (("flax.nnx", "Variable"), ("flax.core.meta", "AxisMetadata"))
+
+
+def _metadata_boxes() -> tuple[type, ...]:
+  """The box classes of `_METADATA_BOXES` whose module is loaded (none without flax)."""
+  modules = ((sys.modules.get(module), name) for module, name in _METADATA_BOXES)
+  return tuple(getattr(m, name) for m, name in modules if m is not None and hasattr(m, name))
+
+
+def unboxed(tree: Any) -> Any:
+  """``tree`` with each metadata box (`_METADATA_BOXES`) replaced by its content.
+
+  A per-matrix figure (shape ``()``, ``(batch,)``, ``(batch, rows)``...) kept
+  at a parameter's place in a state must not carry the parameter's metadata:
+  ``nnx.Optimizer`` would apply the parameter's sharding to it (a 2-D spec
+  on a 0-D array fails), and ``nn.get_partition_spec`` would report it.
+  """
+  boxes = _metadata_boxes()
+  if not boxes:
+    return tree
+  is_box = lambda x: isinstance(x, boxes)
+
+  def content(box):
+    # A box is a pytree node with one child, whatever its API.
+    (child,), _ = jax.tree_util.tree_flatten(box, is_leaf=lambda x: x is not box)
+    return child
+
+  return jax.tree.map(lambda x: content(x) if is_box(x) else x, tree, is_leaf=is_box)
+
+
+def figure_treedef(treedef) -> Any:
+  """The structure per-matrix figures of a tree of structure ``treedef`` are kept in.
+
+  ``treedef`` without metadata boxes (see `unboxed`): a plain tree like the
+  params (dicts, modules) with the figures replicated, whatever the params'
+  shardings. Both ``init`` and ``update`` key their figures by it, so the
+  state's structure does not depend on whether the params came boxed.
+  """
+  slots = [object() for _ in range(treedef.num_leaves)]
+  return jax.tree.structure(unboxed(jax.tree.unflatten(treedef, slots)))
+
+
 def trees_of_fields(cls, entries: list, treedef) -> Any:
   """One ``cls`` of param-like trees from one ``cls`` (or `optax.MaskedNode`) per leaf.
 
   Per-field trees of arrays, not trees of NamedTuples: containers such as
   ``nnx.Optimizer`` wrap each param-like leaf and would rebuild a NamedTuple
-  leaf as another type (a retrace per step).
+  leaf as another type (a retrace per step). The trees have the structure of
+  `figure_treedef`: no parameter metadata, so figures of any shape are
+  replicated under a mesh.
   """
   masked = lambda e: isinstance(e, optax.MaskedNode)
-  return cls(*(jax.tree.unflatten(treedef, [e if masked(e) else e[k] for e in entries])
+  plain = figure_treedef(treedef)
+  return cls(*(jax.tree.unflatten(plain, [e if masked(e) else e[k] for e in entries])
                for k in range(len(cls._fields))))
 
 
 def per_leaf_entries(stats: NamedTuple, treedef) -> list:
   """Inverse of `trees_of_fields`: one ``type(stats)`` or `optax.MaskedNode` per leaf."""
-  fields = [treedef.flatten_up_to(tree) for tree in stats]
+  plain = figure_treedef(treedef)
+  fields = [plain.flatten_up_to(tree) for tree in stats]
   return [f[0] if isinstance(f[0], optax.MaskedNode) else type(stats)(*f) for f in zip(*fields)]
+
+
+def stack_matrices(mats: list[jax.Array]) -> tuple[dict, list]:
+  """`stack` of ``(b, rows, cols)`` batches, each distributed one in a stack of its own.
+
+  Distributed matrices (`sharding.is_distributed`) are not concatenated:
+  same-shape leaves may be sharded differently, and a concatenation would
+  gather some.
+  """
+  distributed = any(sharding.is_distributed(m) for m in mats)
+  return stack(mats, range(len(mats)) if distributed else None)
+
+
+def stack_vectors(parts: Sequence[jax.Array]) -> jax.Array:
+  """Per-matrix state arrays (leading axis: the batch) of a stack's members, concatenated."""
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)

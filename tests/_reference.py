@@ -45,6 +45,32 @@ def gate(g, multiplier=3.0, p=0.90):
   return clip_outliers(g, multiplier * np.quantile(np.abs(g), p) + 1e-9)
 
 
+def history_gate(g, rows, cols, k=10.0, decay=0.95):
+  """The robust variant's gradient gate, entry by entry (float64 loops).
+
+  ``rows``/``cols``: EMAs of the row/column means of ``|g| / mean|g|`` (all
+  zero before the first step, which is gated against its own means and
+  starts them). Returns
+  (gated g, new rows, new cols).
+  """
+  m, n = g.shape
+  s = np.mean(np.abs(g))
+  if s == 0:
+    return g.copy(), rows, cols
+  first = np.mean(rows) == 0
+  if first:  # gated against the matrix's own row and column means
+    rows, cols = np.abs(g).mean(axis=1) / s, np.abs(g).mean(axis=0) / s
+  out = np.empty_like(g)
+  for i in range(m):
+    for j in range(n):
+      limit = k * s * rows[i] * cols[j] / np.mean(rows)
+      out[i, j] = min(max(g[i, j], -limit), limit)
+  a = np.abs(out) / s
+  if first:
+    return out, a.mean(axis=1), a.mean(axis=0)
+  return out, decay * rows + (1 - decay) * a.mean(axis=1), decay * cols + (1 - decay) * a.mean(axis=0)
+
+
 def burst_guard(g, ema, factor=4.0, decay=0.95):
   """Returns (g, new_ema, caught): rescale g to ``ema`` when ``||g|| > factor * ema``."""
   norm = np.linalg.norm(g)
@@ -55,16 +81,17 @@ def burst_guard(g, ema, factor=4.0, decay=0.95):
   return (g * ema / norm if caught else g), new_ema, caught
 
 
-def robust_matrix_step(w, g, buf, ema, lr, coeffs, mu=0.95, wd=0.1, multiplier=3.0, factor=4.0):
+def robust_matrix_step(w, g, buf, ema, history, lr, coeffs, mu=0.95, wd=0.1, k=10.0, factor=4.0):
   """The robust variant: gate, burst guard, momentum, Newton-Schulz (no momentum clip).
 
-  Returns (new_w, new_buf, new_ema, caught).
+  ``history``: the gate's ``(rows, cols)``. Returns (new_w, new_buf, new_ema, new_history, caught).
   """
-  g, ema, caught = burst_guard(gate(g, multiplier), ema, factor)
+  g, rows, cols = history_gate(g, *history, k=k)
+  g, ema, caught = burst_guard(g, ema, factor)
   buf, m = momentum(buf, g, mu)
   u = newton_schulz(m, coeffs)
   w = w * (1 - lr * wd)
-  return w - lr * 0.2 * np.sqrt(max(w.shape)) * u, buf, ema, caught
+  return w - lr * 0.2 * np.sqrt(max(w.shape)) * u, buf, ema, (rows, cols), caught
 
 
 def adamw_step(w, g, m, v, t, lr, b1=0.9, b2=0.95, eps=1e-8, wd=0.1):

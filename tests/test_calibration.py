@@ -235,6 +235,15 @@ def test_cli_writes_a_table_that_loads(tmp_path, monkeypatch, capsys):
   assert json.loads(out.read_text())["meta"]["24x24"]["max_gain"] <= 1.5
 
 
+def test_cli_help_is_plain_text(capsys):
+  """`root-optax --help` shows no reStructuredText markup (the module docstring's)."""
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["--help"])
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  assert "root-optax calibrate --shape" in text and "`" not in text, text
+
+
 def _auto_fit_in_a_new_process(shape, cache_dir):
   code = ("import json, sys; from root_optax import calibration_cache as c; "
           f"r = c.coefficients_for_shape({shape!r}, 5, cache_dir={cache_dir!r}); "

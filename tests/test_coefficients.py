@@ -61,6 +61,23 @@ def test_composed_polynomial_matches_direct_composition():
   np.testing.assert_allclose(root_optax.composed_polynomial((a, b, c), x, 3), g(g(g(x))), rtol=1e-12)
 
 
+def test_diverging_composition_is_inf_without_overflow_warnings():
+  """A set whose iterates blow up (as fits from bad starts do) gives +-inf where
+  they pass 1e30, with no NumPy overflow warning; the rest is exact."""
+  a, b, c = 30.0, -4.775, 2.0315
+  g = lambda x: a * x + b * x**3 + c * x**5
+  x = np.array([0.0, 1e-7, 0.3, 0.5, -0.5, np.nan])
+  with np.errstate(all="raise"):
+    y = root_optax.composed_polynomial((a, b, c), x, 5)
+    report = root_optax.calibration.check_safety((a, b, c), 5)
+  with np.errstate(all="ignore"):
+    direct = g(g(g(g(g(x)))))
+  assert y[0] == 0.0 and y[1] == pytest.approx(direct[1], rel=1e-12) and abs(y[1]) < 1e30
+  assert not np.isfinite(direct[2:5]).any()  # plain float64 overflows (inf - inf: nan)
+  assert y[2] == y[3] == np.inf and y[4] == -np.inf and np.isnan(y[5])  # odd: g(-x) = -g(x)
+  assert not report.safe and report.envelope.max_value == np.inf
+
+
 def test_unsafe_entries_flag_only_the_reference_square():
   flagged = coefficients.unsafe_entries(root_optax.load_coefficients("reference"), 5)
   assert set(flagged) == {"2048x2048"}

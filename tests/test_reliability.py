@@ -5,6 +5,7 @@ the argument, the value and what is allowed. Every edge-case input must give a
 finite update equal to the NumPy restatement of the step in `_reference.py`.
 """
 
+import contextlib
 import inspect
 import json
 import warnings
@@ -184,9 +185,15 @@ def test_shipped_preset_that_does_not_parse_names_the_file(tmp_path, monkeypatch
 
 def test_complex_root_leaf_is_a_clear_error_and_adam_takes_it():
   params = {"w": jnp.ones((4, 6), jnp.complex64), "v": jnp.ones((4, 6))}
-  with pytest.raises(TypeError, match=r"\['w'\] has complex dtype complex64.*'adam'"):
-    root_optax.root(LR).init(params)
+  # Labelled 'root' explicitly: refused, naming the leaf and its dtype.
+  with pytest.raises(TypeError, match=r"\['w'\] has dtype complex64.*'adam'"):
+    root_optax.root(LR, param_labels={"w": "root", "v": "root"}).init(params)
+  # By default (and with param_labels) AdamW takes it: the same update either way.
   tx = root_optax.root(LR, param_labels={"w": "adam", "v": "root"})
+  default = root_optax.root(LR)
+  grads0 = {"w": jnp.full((4, 6), 1 + 2j, jnp.complex64), "v": jnp.ones((4, 6))}
+  np.testing.assert_allclose(jax.jit(default.update)(grads0, default.init(params), params)[0]["w"],
+                             jax.jit(tx.update)(grads0, tx.init(params), params)[0]["w"], rtol=1e-6)
   grads = {"w": jnp.full((4, 6), 1 + 2j, jnp.complex64), "v": jnp.ones((4, 6))}
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   # AdamW's first step from zero moments, by hand: m_hat = g, v_hat = |g|^2.
@@ -300,6 +307,64 @@ def test_edge_case_matrices_are_finite_and_match_reference():
           np.testing.assert_array_equal(got[:, -1], 0.0, err_msg=where)
   leaves = [np.asarray(x).astype(np.float64) for x in jax.tree.leaves((updates, state))]
   assert all(np.all(np.isfinite(x)) for x in leaves)
+
+
+# The robust default's edge cases: each (shape, fill) its own 2-D leaf, since the
+# burst guard measures a leaf's norm. bfloat16 runs in the same step as float32.
+_DEFAULT_DTYPES = ("float32", "bfloat16")
+_DEFAULT_SHAPES = [(1, 7), (7, 1), (1, 1), (6, 10)]
+
+
+def _default_reference(variant, g, state):
+  """One float64 step of ``root(LR)`` or ``root(LR, variant="paper")`` from zero
+  weights; ``state``: None before the first step. Returns (update, state)."""
+  if variant == "paper":
+    buf = np.zeros(g.shape) if state is None else state
+    return _reference_update(g, buf)
+  if state is None:
+    state = (np.zeros(g.shape), 0.0, (np.zeros(g.shape[0]), np.zeros(g.shape[1])))
+  k = root_optax.alias.VARIANT_DEFAULTS["robust"]["outlier_gate"]
+  w, buf, ema, history, _ = _reference.robust_matrix_step(
+      np.zeros(g.shape), g, *state, LR, [MUON] * 5, k=k)
+  return w, (buf, ema, history)
+
+
+@pytest.mark.parametrize("variant", ["robust", "paper"])
+def test_default_step_on_edge_cases_matches_float64_reference_in_bf16(variant):
+  """`root(lr)` and `root(lr, variant="paper")` as built by default, on the
+  edge cases above, 2 steps: within 1e-4 (float32) and 0.15 (bfloat16) relative
+  error of the float64 NumPy step (which sees the unrounded gradient); zero
+  gradients, rows and columns give exact zeros."""
+  keys = [(d, s, f) for d in _DEFAULT_DTYPES for s in _DEFAULT_SHAPES for f in _fills(d)]
+  name = lambda d, s, f: f"{d}_{s[0]}x{s[1]}_{f}"
+  params = {name(*k): jnp.zeros(k[1], jnp.dtype(k[0])) for k in keys}
+  # By default 1xN and Nx1 leaves go to AdamW (vectors); labelled 'root', ROOT's step runs on them.
+  tx = root_optax.root(LR, variant=variant, param_labels=jax.tree.map(lambda _: "root", params))
+  update, state = jax.jit(tx.update), jax.jit(tx.init)(params)
+  references = {}  # float32 and bfloat16 see the same float64 gradient: one reference
+  for step in range(2):
+    grads64 = {name(d, s, f): _fills(d)[f](np.random.default_rng([step, *s]), s)
+               for d, s, f in keys}
+    grads = {k: jnp.asarray(g, params[k].dtype) for k, g in grads64.items()}
+    # Table 1 has none of these shapes: the paper's step says so once, when traced.
+    with (pytest.warns(UserWarning, match="'paper' have no entry") if variant == "paper" and step == 0
+          else contextlib.nullcontext()):
+      updates, state = update(grads, state, params)
+    for d, s, f in keys:
+      k, ref_key = name(d, s, f), (s, f)
+      want, references[ref_key, step] = _default_reference(
+          variant, grads64[k], references.get((ref_key, step - 1)))
+      got = np.asarray(updates[k]).astype(np.float64)
+      assert updates[k].dtype == jnp.dtype(d) and np.all(np.isfinite(got)), k
+      if not np.any(grads64[k]):
+        np.testing.assert_array_equal(got, 0.0, err_msg=k)
+        continue
+      err = np.linalg.norm(got - want) / np.linalg.norm(want)
+      assert err < _TOLERANCE[d], (k, step, err)
+      if f == "zero_row":
+        np.testing.assert_array_equal(got[0], 0.0, err_msg=k)
+      if f == "zero_col":
+        np.testing.assert_array_equal(got[:, -1], 0.0, err_msg=k)
 
 
 @pytest.mark.parametrize("method", ["exact", "fast"])

@@ -163,7 +163,7 @@ def test_burst_guard_validates_arguments(kwargs, name):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    ({"outlier_gate": 0.5}, "outlier_gate"), ({"burst_factor": 1.0}, "burst_factor"),
+    ({"outlier_gate": 0.0}, "outlier_gate"), ({"burst_factor": 1.0}, "burst_factor"),
     ({"burst_decay": 1.0}, "burst_decay"), ({"variant": "exact"}, "variant"),
     ({"quantile": 1.5}, "quantile"),
 ])

@@ -1,7 +1,8 @@
 """Small models for the examples.
 
 * `Transformer`: a decoder-only byte-level language model in Flax NNX (RMSNorm,
-  rotary positions, GELU MLP, untied embedding and LM head).
+  rotary positions, GELU MLP, untied embedding and LM head); ``dtype`` sets
+  its compute dtype (e.g. bfloat16), its parameters stay float32.
 * `ViT`: a tiny vision transformer in Flax linen for 8x8 digits.
 * `GPT`: a small decoder-only transformer in Flax linen whose kernel names
   (``attn_q`` ... ``mlp_out``) the pjit example shards Megatron-style.
@@ -34,19 +35,19 @@ def rotary(x: jax.Array, base: float = 10_000.0) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=_INIT, rngs=rngs)
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=_INIT, dtype=dtype, rngs=rngs)
 
 
 class CausalSelfAttention(nnx.Module):
   """Multi-head causal self-attention with rotary positions."""
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=None):
     self.num_heads = num_heads
-    self.query = _linear(d_model, d_model, rngs)
-    self.key = _linear(d_model, d_model, rngs)
-    self.value = _linear(d_model, d_model, rngs)
-    self.out = _linear(d_model, d_model, rngs)
+    self.query = _linear(d_model, d_model, rngs, dtype)
+    self.key = _linear(d_model, d_model, rngs, dtype)
+    self.value = _linear(d_model, d_model, rngs, dtype)
+    self.out = _linear(d_model, d_model, rngs, dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
@@ -59,12 +60,12 @@ class CausalSelfAttention(nnx.Module):
 class Block(nnx.Module):
   """Pre-norm transformer block: attention then a 4x GELU MLP."""
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
-    self.norm1 = nnx.RMSNorm(d_model, rngs=rngs)
-    self.attn = CausalSelfAttention(d_model, num_heads, rngs=rngs)
-    self.norm2 = nnx.RMSNorm(d_model, rngs=rngs)
-    self.fc = _linear(d_model, 4 * d_model, rngs)
-    self.proj = _linear(4 * d_model, d_model, rngs)
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, dtype=None):
+    self.norm1 = nnx.RMSNorm(d_model, dtype=dtype, rngs=rngs)
+    self.attn = CausalSelfAttention(d_model, num_heads, rngs=rngs, dtype=dtype)
+    self.norm2 = nnx.RMSNorm(d_model, dtype=dtype, rngs=rngs)
+    self.fc = _linear(d_model, 4 * d_model, rngs, dtype)
+    self.proj = _linear(4 * d_model, d_model, rngs, dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attn(self.norm1(x))
@@ -72,15 +73,19 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """Decoder-only byte-level language model."""
+  """Decoder-only byte-level language model.
+
+  ``dtype``: the compute dtype of every layer (None: float32, as the
+  parameters); the parameters, and so their gradients, stay float32.
+  """
 
   def __init__(self, vocab_size: int, d_model: int, num_layers: int,
-               num_heads: int, *, rngs: nnx.Rngs):
-    self.embed = nnx.Embed(vocab_size, d_model, embedding_init=_INIT, rngs=rngs)
+               num_heads: int, *, rngs: nnx.Rngs, dtype=None):
+    self.embed = nnx.Embed(vocab_size, d_model, embedding_init=_INIT, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List(
-        [Block(d_model, num_heads, rngs=rngs) for _ in range(num_layers)])
-    self.norm = nnx.RMSNorm(d_model, rngs=rngs)
-    self.lm_head = _linear(d_model, vocab_size, rngs)
+        [Block(d_model, num_heads, rngs=rngs, dtype=dtype) for _ in range(num_layers)])
+    self.norm = nnx.RMSNorm(d_model, dtype=dtype, rngs=rngs)
+    self.lm_head = _linear(d_model, vocab_size, rngs, dtype)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     x = self.embed(tokens)

@@ -13,6 +13,7 @@ import copy
 import csv
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import pathlib
 import sys
@@ -100,7 +101,15 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 
 def pyplot():
-  """matplotlib's pyplot with the non-interactive Agg backend."""
+  """matplotlib's pyplot with the non-interactive Agg backend.
+
+  matplotlib logs ``generated new fontManager`` at INFO the first time it runs
+  on a machine, which absl (INFO by default) prints in its log format: its
+  logger is set to WARNING unless a level was chosen for it already.
+  """
+  mpl_logger = logging.getLogger("matplotlib")
+  if mpl_logger.level == logging.NOTSET:
+    mpl_logger.setLevel(logging.WARNING)
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

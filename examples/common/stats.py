@@ -189,3 +189,36 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def gaps_over_steps(histories: Sequence[dict], baseline: str, steps: Sequence[int]) -> str:
+  """Markdown table: each family's paired Δ validation loss vs ``baseline`` at ``steps``.
+
+  Args:
+    histories: Per-step rows (``run``, ``seed``, ``step``, ``val_loss`` where
+      evaluated), with ``family`` and ``noise`` added.
+    baseline: The family every other one is compared with, at the same noise.
+    steps: The steps to report (each must be an evaluation step).
+
+  Returns:
+    One row per (family, noise) other than the baseline: ``Δ`` mean ± SE per
+    step (``*``: > 2 SE).
+  """
+  val: dict = {}
+  for r in histories:
+    if r.get("val_loss") not in (None, "") and r["step"] in steps:
+      val.setdefault((r["family"], r["noise"], r["step"]), {})[r["seed"]] = float(r["val_loss"])
+  cells = list(dict.fromkeys((f, n) for f, n, _ in val))
+  columns = ["family", "noise"] + [f"Δ val at step {s}" for s in steps]
+  lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+  for family, noise in cells:
+    if family == baseline:
+      continue
+    row = [family, noise]
+    for s in steps:
+      base = val.get((baseline, noise, s))
+      mine = val.get((family, noise, s))
+      d = paired_difference(mine, base) if mine and base else None
+      row.append(fmt_diff(d["mean"], d["se"], d["significant"]) if d else "n/a")
+    lines.append("| " + " | ".join(row) + " |")
+  return "\n".join(lines)

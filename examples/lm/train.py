@@ -10,7 +10,7 @@ validation losses and step times, and each run's paired difference from
 two standard errors). Also writes ``curves.csv``, ``summary.csv`` (one row per
 run and seed) and ``curves.png`` (plus ``quantile.png`` or ``robustness.png``
 for those experiments, and ``diagnostics.csv`` / ``diagnostics.png`` for the
-ROOT runs when `root_optax.diagnostics` exists) to ``--workdir``.
+ROOT runs, from `root_optax.diagnostics`) to ``--workdir``.
 
 The (run, seed) jobs run in ``config.workers`` worker processes (default 2).
 Every process that trains, a worker or this one with ``--config.workers 0``,
@@ -80,9 +80,23 @@ def _run_noise(config, run) -> ml_collections.ConfigDict:
 
 
 def make_model(config, seed: int) -> models.Transformer:
-  """The model initialised from ``seed``: the same weights for every run of that seed."""
+  """The model initialised from ``seed``: the same weights for every run of that seed.
+
+  ``config.model.dtype`` (optional, e.g. ``'bfloat16'``) is the compute dtype;
+  the parameters, their gradients and the optimizer state stay float32.
+  """
+  dtype = config.model.get("dtype") or None
   return models.Transformer(data.VOCAB_SIZE, config.model.d_model, config.model.num_layers,
-                            config.model.num_heads, rngs=nnx.Rngs(seed))
+                            config.model.num_heads, rngs=nnx.Rngs(seed),
+                            dtype=jnp.dtype(dtype) if dtype else None)
+
+
+def device_line(config) -> str:
+  """Where the runs trained: the devices, jax's version and the compute dtype."""
+  dtype = config.model.get("dtype") or "float32"
+  return (f"Device: {jax.device_count()} x {jax.devices()[0].device_kind} "
+          f"({jax.default_backend()}), jax {jax.__version__}; compute dtype {dtype}, "
+          "parameters and optimizer state float32.")
 
 
 # Per process: the data, and one optimizer and jitted step per run, reused over
@@ -124,7 +138,7 @@ def train_one(config, run, seed: int, progress: bool = False,
 
   Returns:
     ``history`` (one row per step), ``summary`` (final losses, timings) and
-    ``diagnostics`` (ROOT runs with `root_optax.diagnostics`: one row per
+    ``diagnostics`` (ROOT runs, `root_optax.diagnostics`: one row per
     logged key every ``eval_every`` steps).
   """
   corpus, eval_set = _data(config)
@@ -135,7 +149,7 @@ def train_one(config, run, seed: int, progress: bool = False,
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   batches = data.lm_batches(corpus.train, config.batch_size, config.seq_len, seed)
   key = grad_noise.noise_key(seed)
-  diagnose = getattr(root_optax, "diagnostics", None) if run.optimizer == optimizers.ROOT else None
+  diagnose = root_optax.diagnostics if run.optimizer == optimizers.ROOT else None
   history, diagnostics, losses, times, cpu_times = [], [], [], [], []
   start = time.perf_counter()
   bar = tqdm(range(1, config.steps + 1), desc=f"{run.name} seed {seed}", leave=False,
@@ -254,7 +268,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   """
   # Before the first JAX computation; the workers inherit the flags and pin
   # themselves, and without workers this process runs on one core.
-  single_threaded = runtime.single_threaded_xla(pin=int(config.workers) <= 0)
+  # ``config.single_threaded=False`` (an accelerator run) leaves XLA's threading alone.
+  single_threaded = (runtime.single_threaded_xla(pin=int(config.workers) <= 0)
+                     if config.get("single_threaded", True) else False)
   out = runtime.make_workdir(workdir)
   seeds = [int(s) for s in config.seeds]
   if not seeds or len(set(seeds)) != len(seeds):
@@ -278,7 +294,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     written += ["diagnostics.csv", "diagnostics.png"]
   plot_curves(results, runs, config, out / "curves.png")
   report(config, summaries, out, written, single_threaded)
+  if config.get("gap_steps") and config.get("baseline"):
+    report_gaps(config, results, out)
   return summaries
+
+
+def report_gaps(config, results: list[dict], out: pathlib.Path) -> None:
+  """Appends to ``table.md`` (and prints) the paired gap vs the baseline at ``config.gap_steps``."""
+  rows = [dict(row, family=r["summary"]["family"], noise=r["summary"]["noise"])
+          for r in results for row in r["history"]]
+  steps = [s for s in config.gap_steps if s <= config.steps]
+  text = "\n".join(["", f"### Gap to {config.baseline} over the run", "",
+                    "Paired Δ validation loss (same seed and noise), mean ± SE; `*`: > 2 SE.", "",
+                    stats.gaps_over_steps(rows, config.baseline, steps), ""])
+  print(text)
+  with open(out / "table.md", "a") as f:
+    f.write(text)
 
 
 def plot_curves(results: list[dict], runs, config, path: pathlib.Path) -> None:
@@ -352,7 +383,9 @@ def report(config, summaries: list[dict], out: pathlib.Path, written=(),
   baseline = config.get("baseline", "")
   agg = stats.aggregate_runs(summaries, baseline)
   workers = min(int(config.workers), len(summaries))
-  where = (f"{workers} single-threaded worker processes side by side, one per core"
+  # Not "side by side": a worker whose partner has finished steps alone, and faster.
+  where = (f"{workers} single-threaded worker processes, one per core (a step is slower "
+           "while another worker trains than alone, so runs compare only roughly)"
            if workers > 1 else "1 single-threaded worker process" if workers == 1
            else "this process, " + ("single-threaded on one core" if single_threaded
                                     else "with the XLA threading it started with"))
@@ -362,7 +395,7 @@ def report(config, summaries: list[dict], out: pathlib.Path, written=(),
            "in nats/byte (train: mean of the last "
            f"{config.train_loss_window} steps' batch losses; val: {config.eval_batches} fixed "
            "held-out batches, always clean data). ms / step: median step time after the "
-           f"first (compiling) step, measured in {where}.", ""]
+           f"first (compiling) step, measured in {where}.", "", device_line(config), ""]
   if any("d_final_val_mean" in r for r in agg):
     lines += [f"Δ: paired difference from {baseline} (same seed and noise), mean ± standard "
               "error (std of the per-seed differences / sqrt(n)); `*`: |Δ| > 2 SE.", ""]
