@@ -34,8 +34,9 @@ def _stage_figures(name: str, stats: Any) -> dict[str, float]:
 def diagnostics(opt_state: Any) -> dict[str, float]:
   """Outlier and burst figures of the last step, per stage and matrix shape group.
 
-  Reads the states of `soft_threshold_outliers` (with ``track_outliers=True``,
-  as `root` builds them) and `clip_bursts` anywhere in ``opt_state`` (an
+  Reads the states of `gate_outliers`, `soft_threshold_outliers` (with
+  ``track_outliers=True``, as `root` builds them) and `clip_bursts` anywhere
+  in ``opt_state`` (an
   `optax.chain`, `optax.partition`, `optax.inject_hyperparams`, a Flax
   ``nnx.Optimizer(...).opt_state``...). Host-side only: call it outside
   ``jit``; nothing is recompiled.
@@ -54,12 +55,13 @@ def diagnostics(opt_state: Any) -> dict[str, float]:
     opt_state: An optimizer state.
 
   Returns:
-    A flat dict ``{'<stage>/<min>x<max>/<figure>': float}``. Figures:
-    ``clipped_fraction``, ``threshold`` and ``removed_norm`` (``||T_eps[M]||_F``),
-    means over the matrices of the group, for the stages
-    ``gradient_outliers`` (the gate before the momentum) and
-    ``momentum_outliers`` (the paper's clip); ``caught`` (bursts rescaled so
-    far, summed over the group) and ``norm_ema`` for ``bursts``.
+    A flat dict ``{'<stage>/<min>x<max>/<figure>': float}``, means over the
+    matrices of the group: for ``gradient_outliers`` (the gate before the
+    momentum) ``clipped_fraction``, ``removed_norm`` (the norm clipped away)
+    and ``row_scale`` / ``col_scale`` (mean of the row and column histories);
+    for ``momentum_outliers`` (the paper's clip) ``clipped_fraction``,
+    ``threshold`` and ``removed_norm`` (``||T_eps[M]||_F``); for ``bursts``
+    ``caught`` (bursts rescaled so far, summed over the group) and ``norm_ema``.
   """
   out: dict[str, float] = {}
   stages = (gate.GateOutliersState, outliers.SoftThresholdState, bursts.ClipBurstsState)

@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental.shard_alike import shard_alike
 
 from root_optax import _validation
 from root_optax import bursts
@@ -25,6 +26,7 @@ from root_optax import dimensions
 from root_optax import stacking
 
 _BURSTS = "bursts"  # the key of the burst guard's figures, as `clip_bursts` keeps them
+
 
 class GateStats(NamedTuple):
   """Per-matrix gate state, each field a tree like the params (arrays for
@@ -97,9 +99,9 @@ def gate_stack(g: jax.Array, rows: jax.Array, cols: jax.Array, threshold: float,
   # A matrix without a history is gated against its own row and column means.
   seen = jnp.mean(rows, axis=1) > 0
   own = jnp.abs(x) / per_scale
-  rows = jnp.where(seen[:, None], rows, jnp.mean(own, axis=2))
-  cols = jnp.where(seen[:, None], cols, jnp.mean(own, axis=1))
-  limit = threshold * scale[:, None, None] * _expected_shape(rows, cols)
+  expected = _expected_shape(jnp.where(seen[:, None], rows, jnp.mean(own, axis=2)),
+                             jnp.where(seen[:, None], cols, jnp.mean(own, axis=1)))
+  limit = threshold * scale[:, None, None] * expected
   clipped = jnp.clip(x, -limit, limit)
   outside = jnp.abs(x) > limit
   gated = jnp.where(outside & jnp.isfinite(x), clipped.astype(g.dtype), g)
@@ -210,22 +212,22 @@ def gate_outliers(
       rows = stacking.stack_vectors([wide[i][0] for i in members.indices])
       cols = stacking.stack_vectors([wide[i][1] for i in members.indices])
       out, rows, cols, fraction, removed = gate_stack(stacks[key], rows, cols, threshold, decay)
-      columns = [rows, cols, fraction[:, None], removed[:, None]]
+      columns = [fraction[:, None], removed[:, None]]
       if guard:
         emas = stacking.stack_vectors([old_bursts[i].norm_ema for i in members.indices])
         out, ema, burst = bursts.guard_stack(out, emas, burst_factor, burst_decay)
         columns += [ema[:, None], burst.astype(jnp.float32)[:, None]]
       outs[key] = out
-      # One (count, m + n + 2 [+ 2]) array per stack: one cut per leaf for all figures.
-      figures[key] = jnp.concatenate(columns, axis=1)
-    opaque = jax.device_count() == 1
-    cut = stacking.per_member(figures, plan, opaque)
+      figures[key] = (rows, cols, jnp.concatenate(columns, axis=1))
+    cut = _cut_figures(figures, plan, distributed=any(m.key.split is not None for m in plan))
     new_stats, new_bursts = [], []
     for j, m in enumerate(views.matrices):
-      m_wide, n_wide = sorted(m.shape[1:])
-      rows, cols = cut[j][:, :m_wide], cut[j][:, m_wide:m_wide + n_wide]
-      rest = cut[j][:, m_wide + n_wide:]
+      rows, cols, rest = cut[j]
       rows, cols = (rows, cols) if _is_wide(m) else (cols, rows)
+      # Placed as the state they replace (e.g. replicated, as the user's
+      # in_shardings say), not as XLA would propagate them from a sharded G:
+      # the state's shardings stay the same from step to step.
+      rows, cols = shard_alike(rows, olds[j].row_scale)[0], shard_alike(cols, olds[j].col_scale)[0]
       new_stats.append(GateStats(olds[j].matrix_shape, rest[:, 0], rest[:, 1], rows, cols))
       if guard:
         new_bursts.append(bursts.BurstStats(old_bursts[j].matrix_shape, rest[:, 2],
@@ -235,9 +237,34 @@ def gate_outliers(
     if guard:
       stats[_BURSTS] = stacking.trees_of_fields(
           bursts.BurstStats, views.per_leaf(new_bursts, optax.MaskedNode), views.treedef)
+    opaque = jax.device_count() == 1
     return views.rebuild(stacking.unstack(outs, plan, views.matrices, opaque)), GateOutliersState(stats)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _cut_figures(figures: dict, plan: list, distributed: bool) -> list:
+  """Per matrix, ``(rows, cols, scalars)`` cut from each stack's ``(rows, cols, scalars)``.
+
+  On one device all three are cut at once, from one ``(count, m + n + k)``
+  array at opaque offsets (`stacking.per_member`); distributed matrices are
+  stacks of their own, and a concatenation of differently sharded histories
+  would gather them.
+  """
+  if distributed:
+    out = [None] * sum(len(members.indices) for members in plan)
+    for key, (index,), _ in plan:
+      out[index] = figures[key]
+    return out
+  widths = {key: (f[0].shape[1], f[1].shape[1]) for key, f in figures.items()}
+  joined = {key: jnp.concatenate(f, axis=1) for key, f in figures.items()}
+  cut = stacking.per_member(joined, plan, jax.device_count() == 1)
+  out = []
+  for j in range(len(cut)):
+    key = next(members.key for members in plan if j in members.indices)
+    m, n = widths[key]
+    out.append((cut[j][:, :m], cut[j][:, m:m + n], cut[j][:, m + n:]))
+  return out
 
 
 def _is_wide(m: jax.Array) -> bool:

@@ -132,9 +132,9 @@ def soft_threshold_outliers(
       time only, same values): on one device, at offsets XLA cannot
       constant-fold, so that every leaf of a shape shares one compiled
       kernel (`stacking.unstack`). Worth it when per-leaf transforms follow
-      (`root()`'s gate, before the burst guard and the momentum: 40 s -> 28 s
-      of compile on a 48-layer GPT); leave it off when Newton-Schulz follows,
-      which folds constant cuts back into its own stack.
+      (a gate before the momentum: 40 s -> 28 s of compile on a 48-layer
+      GPT); leave it off when Newton-Schulz follows, which folds constant
+      cuts back into its own stack.
 
   Returns:
     An `optax.GradientTransformation`.

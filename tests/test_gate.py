@@ -126,6 +126,9 @@ def test_gate_keeps_non_finite_entries_visible_and_the_history_unchanged():
   assert np.isinf(out["w"][1, 2])
   chex.assert_trees_all_equal(after.stats["gradient_outliers"].row_scale,
                               state.stats["gradient_outliers"].row_scale)
+  # A non-finite first step leaves the history empty too.
+  _, first = update(bad, tx.init(g))
+  chex.assert_trees_all_equal(first, tx.init(g))
   finite = optax.apply_if_finite(root_optax.gate_outliers(), 2)
   s = finite.init(g)
   _, s = finite.update(g, s)

@@ -267,4 +267,4 @@ def test_restore_into_a_different_model_names_the_mismatch(runs):
   assert "does not fit the model" in message
   assert "params/params/up/kernel: checkpoint (16, 32) float32, model (16, 48) float32" in message
   # root() default chain: gate (0), burst guard (1), momentum (2), ...
-  assert "opt_state/inner_states/root/inner_state/2/trace/params/mid/kernel" in message
+  assert "opt_state/inner_states/root/inner_state/1/trace/params/mid/kernel" in message

@@ -70,17 +70,19 @@ def _dot_flops(jaxpr) -> list[int]:
   return flops
 
 
-def test_state_is_one_momentum_buffer_per_root_leaf():
+def test_state_is_one_momentum_buffer_per_root_leaf_and_o_m_plus_n_beyond():
   params = _params()
   state = _root().init(params)
+  buffers = jax.tree.leaves(root_optax.momentum_buffer(state))
+  matrices = [p.shape for p in jax.tree.leaves(params) if p.ndim == 2 and p.shape != (40, D)]
+  assert sorted(x.shape for x in buffers) == sorted(matrices)
+  assert all(x.dtype == jnp.float32 for x in buffers)
+  # Beyond the momentum: the gate's row and column histories (m + n per
+  # matrix) and O(1) figures per matrix (gate, burst guard).
   root_state = state.inner_states["root"].inner_state
   arrays = [x for x in jax.tree.leaves(root_state) if hasattr(x, "shape")]
-  buffers = [x for x in arrays if x.ndim == 2]
-  expected = sorted(p.shape for p in jax.tree.leaves(params) if p.ndim == 2 and p.shape != (40, D))
-  assert sorted(x.shape for x in buffers) == expected
-  assert all(x.dtype == jnp.float32 for x in buffers)
-  # Beyond the momentum: O(1) figures per matrix (outlier gate, burst guard).
-  assert sum(x.size for x in arrays if x.ndim < 2) <= 12 * len(expected)
+  beyond = sum(x.size for x in arrays) - sum(x.size for x in buffers)
+  assert beyond <= sum(m + n + 12 for m, n in matrices)
 
 
 @pytest.mark.parametrize("method", ["fast", "exact"])
@@ -93,14 +95,16 @@ def test_one_newton_schulz_per_shape_not_per_leaf(method):
   assert dots == expected, (dots, expected)
 
 
-def test_default_threshold_sorts_only_samples():
-  """The fast threshold sorts at most a ~1024-entry sample per matrix; 'exact' sorts all."""
+def test_default_sorts_nothing_and_the_papers_fast_threshold_only_samples():
+  """The default's gate sorts nothing; the paper's fast threshold sorts at most a
+  ~1024-entry sample per matrix, and 'exact' sorts all."""
   params = {"w": jnp.ones((64, 96)), "v": jnp.ones((96, 64)), "b": jnp.ones((64,))}
   sorted_sizes = lambda tx: [e.invars[0].aval.shape[-1] for e, _ in _eqns(_update_jaxpr(tx, params).jaxpr)
                              if e.primitive.name == "sort"]
   sizes = {x.shape[-2] * x.shape[-1] for x in jax.tree.leaves(params) if x.ndim >= 2}
-  assert max(sorted_sizes(_root()), default=0) <= 1025 < max(sizes)
-  assert max(sorted_sizes(_root(threshold_method="exact"))) == max(sizes)
+  assert not sorted_sizes(_root())
+  assert max(sorted_sizes(_root(variant="paper"))) <= 1025 < max(sizes)
+  assert max(sorted_sizes(_root(variant="paper", threshold_method="exact"))) == max(sizes)
 
 
 @pytest.mark.parametrize("shape", [(8, 8), (8, 24), (24, 8), (8, 32), (3, 5, 40)])

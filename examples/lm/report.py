@@ -39,13 +39,18 @@ def _read(path: pathlib.Path) -> list[dict]:
 
 
 def merge_and_report(config, workdir: str) -> list[dict]:
-  """Reads every part's summaries and curves and writes the merged report to ``workdir``."""
+  """`merge` of the ``--parts`` workdirs."""
   if not _PARTS.value:
     raise app.UsageError("--parts: the workdirs to merge")
+  return merge(config, workdir, _PARTS.value)
+
+
+def merge(config, workdir: str, parts) -> list[dict]:
+  """Reads every part's summaries and curves and writes the merged report to ``workdir``."""
   out = pathlib.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
   summaries, histories = [], []
-  for part in map(pathlib.Path, _PARTS.value):
+  for part in map(pathlib.Path, parts):
     summaries += _read(part / "summary.csv")
     histories += _read(part / "curves.csv")
   by_run: dict = {}
@@ -64,7 +69,5 @@ def merge_and_report(config, workdir: str) -> list[dict]:
   return summaries
 
 
-main = runtime.make_main("lm.py", merge_and_report)
-
 if __name__ == "__main__":
-  app.run(main)
+  app.run(runtime.make_main("lm.py", merge_and_report))

@@ -96,3 +96,32 @@ def test_train_lm_in_process_matches_workers(lm_quick, run_quick, tmp_path):
     for metric in ("final_train", "final_val"):
       assert r[metric] == reference[key(r)][metric], (key(r), metric)
   assert "this process, single-threaded on one core" in (tmp_path / "table.md").read_text()
+
+
+def test_report_merges_parts_into_the_same_table_and_gaps(lm_quick, tmp_path):
+  """`examples.lm.report` on the quick run split by seed gives the run's own table."""
+  from configs import lm  # pylint: disable=import-outside-toplevel
+  from examples.common import runtime  # pylint: disable=import-outside-toplevel
+  from examples.lm import report  # pylint: disable=import-outside-toplevel
+  workdir, _, _ = lm_quick
+  config = runtime.apply_quick(lm.get_config())
+  config.only = ",".join(LM_RUNS)
+  parts = []
+  for name, seeds in (("a", {"0"}), ("b", {"1", "2"})):
+    part = tmp_path / name
+    part.mkdir()
+    for file in ("summary.csv", "curves.csv"):
+      with open(workdir / file) as f:
+        rows = list(csv.DictReader(f))
+      runtime.write_csv(part / file, [r for r in rows if r["seed"] in seeds])
+    parts.append(part)
+  config.gap_steps = (10, config.steps)
+  report.merge(config, str(tmp_path / "merged"), parts)
+  merged = (tmp_path / "merged" / "table.md").read_text()
+  original = (workdir / "table.md").read_text()
+  table = lambda text: [l for l in text.splitlines() if l.startswith("| ROOT") or l.startswith("| Muon")]
+  assert table(merged)[:2] == table(original)[:2]  # the same rows, digit for digit
+  gaps = merged.split("### Gap to Muon (optax) over the run")[1]
+  root_final = [l for l in table(original) if l.startswith("| ROOT")][0].split(" | ")[5]
+  row = [l for l in gaps.splitlines() if l.startswith("| ROOT")][0]
+  assert row.split(" | ")[-1].rstrip(" |") == root_final  # the last step's gap is the final Δ
