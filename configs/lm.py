@@ -71,9 +71,6 @@ def get_config() -> ml_collections.ConfigDict:
       run("AdamW", "adamw", LR["adamw"]),
       run("Muon (optax)", "muon", LR["muon"]),
       run("ROOT", "root", LR["root"], root={}),  # root_optax.root's defaults
-      # The paper's Table 1 has no entry for this model's shapes (128x128, 128x512),
-      # for which `variant="paper"` falls back to Muon's triple: named here, so
-      # that the table says so and `root()` has nothing to warn about.
-      run("ROOT paper", "root", LR["root"], root=dict(root_paper(), ns_coeffs="muon")),
+      run("ROOT paper", "root", LR["root"], root=root_paper()),  # Muon's triple: see root_paper
   )
   return c

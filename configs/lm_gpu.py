@@ -49,7 +49,7 @@ FAMILIES = (
     ("ROOT", "root", {"root": {}}),  # root_optax.root's defaults, whatever they are
     # Table 1 has no entry for this model's shapes (512x512, 512x2048): variant="paper"
     # would fall back to Muon's triple and warn; named here instead.
-    ("ROOT paper", "root", {"root": dict(root_paper(), ns_coeffs="muon")}),
+    ("ROOT paper", "root", {"root": root_paper()}),
     ("ROOT AdaNewton", "root", {"root": root_adanewton()}),
     ("AdamW", "adamw", {}),
 )

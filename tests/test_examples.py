@@ -243,12 +243,15 @@ def test_robustness_rows_match_a_hand_computation():
   np.testing.assert_allclose([root["damage_mean"], root["damage_se"]], [0.125, 0.025])
   assert root["damage_sig"]
   np.testing.assert_allclose(root["ratio"], 0.125 / 0.3)
+  # Its SE, delta method on the paired damages: var(x) 0.00125, var(y) 0.02, cov -0.005,
+  # r = 5/12: (0.00125 + r^2 0.02 - 2 r (-0.005)) / 2 / 0.3^2 = 0.0493827 -> SE 0.2222.
+  np.testing.assert_allclose(root["ratio_se"], np.sqrt(0.0088889 / 0.18), rtol=1e-4)
   # ROOT damage - Muon damage per seed: -0.3, -0.05 -> mean -0.175, SE 0.125 (1.4 SE).
   np.testing.assert_allclose([root["vs_base_mean"], root["vs_base_se"]], [-0.175, 0.125])
   assert not root["vs_base_sig"]
   assert "ratio" not in muon and "damage_mean" not in rows[("Muon", "none")]
   table = stats.format_robustness(list(rows.values()), "Muon")
-  assert ("| ROOT | spikes | 2 | 1.7000 ± 0.0707 | +0.1250 ± 0.0250 * | 0.42 | -0.1750 ± 0.1250 |"
+  assert ("| ROOT | spikes | 2 | 1.7000 ± 0.0707 | +0.1250 ± 0.0250 * | 0.417 ± 0.222 | -0.1750 ± 0.1250 |"
           in table)
 
 

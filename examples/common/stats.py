@@ -118,10 +118,25 @@ def robustness_rows(summaries: Sequence[dict], baseline: str = "") -> list[dict]
         b = paired_difference(base, {s: 0.0 for s in base})
         # A ratio only means something when the baseline is clearly damaged.
         row["ratio"] = d["mean"] / b["mean"] if b["significant"] and b["mean"] > 0 else math.nan
+        row["ratio_se"] = ratio_se(damage[(fam, kind)], base) if math.isfinite(row["ratio"]) else math.nan
         v = paired_difference(damage[(fam, kind)], base)
         row.update(vs_base_mean=v["mean"], vs_base_se=v["se"], vs_base_sig=v["significant"])
     rows.append(row)
   return rows
+
+
+def ratio_se(values: dict, base: dict) -> float:
+  """Standard error of ``mean(values) / mean(base)`` over the seeds both have
+  (delta method, paired: the two means' covariance counts); NaN for < 2 seeds."""
+  seeds = [s for s in values if s in base]
+  if len(seeds) < 2:
+    return math.nan
+  x = np.asarray([values[s] for s in seeds], dtype=np.float64)
+  y = np.asarray([base[s] for s in seeds], dtype=np.float64)
+  r = x.mean() / y.mean()
+  cov = np.cov(x, y, ddof=1)
+  var = (cov[0, 0] + r * r * cov[1, 1] - 2 * r * cov[0, 1]) / len(seeds) / y.mean() ** 2
+  return float(np.sqrt(max(var, 0.0)))
 
 
 def fmt_mean_std(mean: float, std: float, digits: int = 4) -> str:
@@ -176,7 +191,9 @@ def format_robustness(rows: Sequence[dict], baseline: str = "") -> str:
     cells = [r["family"], r["noise"], str(r["n"]), fmt_mean_std(r["val_mean"], r["val_std"]),
              fmt_diff(r["damage_mean"], r["damage_se"], r["damage_sig"]) if "damage_mean" in r else ""]
     if baseline:
-      cells += [f"{ratio:.2f}" if math.isfinite(ratio) else "",
+      ratio_se_ = r.get("ratio_se", math.nan)
+      cells += [(f"{ratio:.3f}" + (f" ± {ratio_se_:.3f}" if math.isfinite(ratio_se_) else ""))
+                if math.isfinite(ratio) else "",
                 fmt_diff(r["vs_base_mean"], r["vs_base_se"], r["vs_base_sig"])
                 if "vs_base_mean" in r else ""]
     lines.append("| " + " | ".join(cells) + " |")

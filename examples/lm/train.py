@@ -448,7 +448,8 @@ def _report_robustness(summaries, baseline, out) -> str:
             "(`*`: > 2 SE, i.e. the noise clearly hurts).")
   if baseline:
     legend += (f" damage / {baseline}'s: ratio of mean damages at the same noise kind (only "
-               f"where {baseline}'s damage exceeds 2 SE); damage − {baseline}'s: paired "
+               f"where {baseline}'s damage exceeds 2 SE), ± its SE (delta method, paired); "
+               f"damage − {baseline}'s: paired "
                "difference of the damages, mean ± SE (`*`: > 2 SE).")
   text = "\n".join(["### Robustness: final val by gradient noise", "", legend, "",
                     stats.format_robustness(rows, baseline)])
