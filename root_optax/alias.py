@@ -25,7 +25,7 @@ ROBUST = "robust"
 PAPER = "paper"
 VARIANTS = (ROBUST, PAPER)
 # What each variant uses for the arguments left at None. The robust gate and
-# burst band are the values chosen on the LM example (docs/results.md).
+# burst band are the values chosen on the LM example (docs/robustness.md).
 VARIANT_DEFAULTS = {
     ROBUST: dict(outlier_gate=10.0, burst_factor=4.0, quantile=1.0, ns_coeffs="muon"),
     PAPER: dict(outlier_gate=math.inf, burst_factor=math.inf, quantile=0.90, ns_coeffs="paper"),
