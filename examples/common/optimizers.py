@@ -29,9 +29,15 @@ def schedule(lr: float, warmup: int, total: int) -> optax.Schedule:
       0.0, lr, max(warmup, 1), max(total, warmup + 1), end_value=0.1 * lr)
 
 
+# `route_by_path(ADAM_PATHS)`'s rule, without its warning for a pattern no path
+# contains: optax's Muon calls `muon_dimension_numbers` on subtrees that hold
+# no embedding or head, and `is_hidden` may see one too.
+_ROUTER = root_optax.labels.PathRouter(ADAM_PATHS, warn_unmatched=False)
+
+
 def muon_dimension_numbers(params: Any) -> Any:
   """Muon dimension numbers: None (AdamW) where `route_by_path` says ``'adam'``."""
-  labels = root_optax.route_by_path(ADAM_PATHS)(params)
+  labels = _ROUTER(params)
   return jax.tree.map(
       lambda label: MuonDimensionNumbers() if label == "root" else None, labels)
 
@@ -73,5 +79,5 @@ def is_hidden(grads: Any) -> Any:
   Hidden = 2-D and not routed to AdamW by `ADAM_PATHS` (embedding, LM head,
   classifier head), i.e. exactly the leaves that Muon and ROOT orthogonalise.
   """
-  labels = root_optax.route_by_path(ADAM_PATHS)(grads)
+  labels = _ROUTER(grads)
   return jax.tree.map(lambda label: label == "root", labels)
