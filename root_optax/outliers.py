@@ -179,7 +179,7 @@ def soft_threshold_outliers(
     del params
     views = stacking.matrix_leaves(updates, weight_dimension_numbers)
     # Clipped as stacks, as Newton-Schulz stacks them next.
-    stacks, plan = quantiles.stack_matrices(views.matrices)
+    stacks, plan = stacking.stack_matrices(views.matrices)
     bases, figures = {}, {}
     for key, eps in thresholds(stacks).items():
       base, outliers = split_outliers(stacks[key], stacking.over_entries(eps))

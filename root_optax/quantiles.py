@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from root_optax import _counting
 from root_optax import _quantile_search
 from root_optax import _validation
-from root_optax import sharding as sharding_lib
 from root_optax import stacking
 
 EXACT = "exact"  # a full sort (`exact_abs_quantile`)
@@ -84,23 +83,12 @@ def check_quantile_args(ms, quantile) -> None:
       raise ValueError(f"quantiles are taken over the last two axes; got an array of shape {jnp.shape(m)}")
 
 
-def stack_matrices(mats: list[jax.Array]) -> tuple[dict, list]:
-  """`stacking.stack` of ``(b, rows, cols)`` batches, each distributed one in a stack of its own.
-
-  Distributed matrices (`sharding.is_distributed`) are not concatenated:
-  same-shape leaves may be sharded differently, and a concatenation would
-  gather some. Per matrix, the fast search only all-reduces counts.
-  """
-  distributed = any(sharding_lib.is_distributed(m) for m in mats)
-  return stacking.stack(mats, range(len(mats)) if distributed else None)
-
-
 def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST,
                   rank_tolerance: float = 0.0) -> list[jax.Array]:
   """`exact_abs_quantile` or `fast_abs_quantiles` (within ``rank_tolerance``) for a list of matrix batches.
 
   Matrices of one shape and dtype (up to transposition) are stacked first
-  (`stack_matrices`), so the compiled step holds one quantile computation
+  (`stacking.stack_matrices`), so the compiled step holds one quantile computation
   per shape, not per leaf.
 
   Returns:
@@ -110,6 +98,6 @@ def abs_quantiles(ms: list[jax.Array], quantile, method: str = FAST,
   _validation.one_of("method", method, METHODS)
   _validation.in_range("rank_tolerance", rank_tolerance, 0.0, 1.0, high_open=True)
   flat = [m.reshape((-1,) + m.shape[-2:]) for m in ms]
-  stacks, plan = stack_matrices(flat)
+  stacks, plan = stacking.stack_matrices(flat)
   values = stacking.per_member(stack_quantiles(stacks, quantile, method, rank_tolerance), plan)
   return [values[i].reshape(m.shape[:-2]) for i, m in enumerate(ms)]
