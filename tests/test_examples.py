@@ -313,11 +313,19 @@ def test_lm_batches_are_windows_in_a_seeded_order():
   np.testing.assert_array_equal(np.diff(a, axis=1) % 256, 1)  # contiguous windows
 
 
-def test_digits_split_is_stratified_and_scaled():
-  x_tr, y_tr, x_te, y_te = data.digits_split()
-  assert x_tr.shape[1:] == (8, 8, 1) and len(x_tr) + len(x_te) == 1797
-  assert 0.0 <= x_tr.min() and x_tr.max() <= 1.0
-  np.testing.assert_allclose(np.bincount(y_te) / len(y_te), np.bincount(y_tr) / len(y_tr), atol=0.01)
+def test_digits_split_is_stratified_scaled_and_disjoint():
+  split = data.digits_split()
+  assert split.x_train.shape[1:] == (8, 8, 1)
+  assert len(split.x_train) + len(split.x_val) + len(split.x_test) == 1797
+  assert (len(split.x_test), len(split.x_val)) == (360, 288)
+  assert 0.0 <= split.x_train.min() and split.x_train.max() <= 1.0
+  for labels in (split.y_val, split.y_test):
+    np.testing.assert_allclose(np.bincount(labels) / len(labels),
+                               np.bincount(split.y_train) / len(split.y_train), atol=0.015)
+  rows = lambda x: {r.tobytes() for r in x.reshape(len(x), -1)}
+  assert not rows(split.x_test) & (rows(split.x_val) | rows(split.x_train))  # no image shared
+  assert not rows(split.x_val) & rows(split.x_train)
+  np.testing.assert_array_equal(data.digits_split().y_test, split.y_test)  # fixed
 
 
 def test_schedule_warms_up_and_decays():

@@ -6,7 +6,8 @@
   sorted list) is held out for validation, so the split is by file, fixed and
   reproducible for a given Python version. Files are joined with a NUL byte.
 * Vision: scikit-learn's bundled ``digits`` (1797 8x8 images, 10 classes), split
-  by ``train_test_split(stratify=labels, random_state=0)``.
+  into train, validation and test by ``train_test_split(stratify=labels,
+  random_state=0)`` (`digits_split`).
 * Sharded training (pjit): token sequences of affine recurrences
   (`affine_sequences`).
 * Multi-host training: a teacher-labelled Gaussian classification stream in
@@ -100,20 +101,34 @@ def lm_eval_batches(stream: np.ndarray, num_batches: int, batch_size: int,
   return np.stack([next(it) for _ in range(num_batches)])
 
 
-def digits_split(test_size: float = 0.2) -> tuple[np.ndarray, ...]:
-  """sklearn digits as ``(x_train, y_train, x_test, y_test)``.
+class DigitsSplit(NamedTuple):
+  """scikit-learn's digits, split three ways: every array is NumPy."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
 
-  Images are ``(n, 8, 8, 1)`` float32 scaled to [0, 1]; the split is stratified
-  and fixed (``random_state=0``).
+
+def digits_split(test_size: float = 0.2, val_size: float = 0.2) -> DigitsSplit:
+  """sklearn digits, split into train, validation and test.
+
+  Images are ``(n, 8, 8, 1)`` float32 scaled to [0, 1]. ``test_size`` of the
+  images are held out for the final test; ``val_size`` of the rest are held
+  out for choosing learning rates. Both splits are stratified and fixed
+  (``random_state=0``), so a rate chosen on validation never saw the test set.
   """
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
   digits = load_digits()
   x = (digits.images / 16.0).astype(np.float32)[..., None]
   y = digits.target.astype(np.int32)
-  x_tr, x_te, y_tr, y_te = train_test_split(
+  x_rest, x_te, y_rest, y_te = train_test_split(
       x, y, test_size=test_size, stratify=y, random_state=0)
-  return x_tr, y_tr, x_te, y_te
+  x_tr, x_val, y_tr, y_val = train_test_split(
+      x_rest, y_rest, test_size=val_size, stratify=y_rest, random_state=0)
+  return DigitsSplit(x_tr, y_tr, x_val, y_val, x_te, y_te)
 
 
 def epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -4,7 +4,8 @@ Usage (from the repository root)::
 
   python -m examples.vision.main
   python -m examples.vision.main --quick
-  python -m examples.vision.main --config configs/vision.py --config.seeds 3
+  python -m examples.vision.main --config configs/vision.py --config.seeds "(0, 1, 2)"
+  python -m examples.vision.main --config configs/vision_sweep.py
 
 Flags: ``--config`` (default ``configs/vision.py``), ``--workdir`` (default
 ``runs/<config.name>``), ``--quick``. What is trained and written:
