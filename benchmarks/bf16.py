@@ -21,20 +21,19 @@ at 5 steps (``root()``'s default):
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import root_optax
-from root_optax import coefficients as coefficients_lib
+from root_optax._src import coefficients as coefficients_lib
+from root_optax._src import newton_schulz as ns_lib
+from root_optax._src import polynomials
 
 import _harness
 import precision  # enables float64, for the references
 
-ns_lib = importlib.import_module("root_optax.newton_schulz")
-MUON5 = coefficients_lib.steps_schedule(coefficients_lib.MUON_COEFFICIENTS, 5)
+MUON5 = polynomials.steps_schedule(coefficients_lib.MUON_COEFFICIENTS, 5)
 # (label, compute dtype, method, gram_restarts); None: the default for the dtype.
 VARIANTS = (
     ("float32 (auto form)", jnp.float32, "auto", None),

@@ -96,7 +96,7 @@ ORDER = ("step time (ms)", "compile time (s)", "peak memory (MiB)", "threshold s
          "threshold fast vs exact (ms)", "quantile search iterations", "Newton-Schulz standard (TFLOP/s)",
          "Newton-Schulz gram (TFLOP/s)")
 # The quantile search: a `lax.while_loop` whose body is defined in one of root_optax's quantile
-# modules (`root_optax._quantile_search` today). Other loops (e.g. `stacking`'s) are not counted.
+# modules (`root_optax._src.quantile_search` today). Other loops (e.g. `stacking`'s) are not counted.
 SEARCH_PACKAGE = "root_optax."
 SEARCH_MODULE_MARK = "quantile"
 

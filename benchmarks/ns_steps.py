@@ -33,9 +33,10 @@ import numpy as np
 
 import precision
 import root_optax
-from root_optax import calibration
-from root_optax import calibration_cache
-from root_optax import coefficients as coefficients_lib
+from root_optax._src import calibration
+from root_optax._src import coefficients as coefficients_lib
+from root_optax._src import polynomials
+from root_optax._src import spectra
 
 MUON = np.asarray([coefficients_lib.MUON_COEFFICIENTS])
 LARGE = {(4096, 4096), (8192, 8192), (2048, 16384)}  # only with --all
@@ -47,26 +48,26 @@ def _sets(shape, steps):
   """``{name: (coefficients, ns_steps, normalization)}`` compared for one shape."""
   sets = {"Muon 5": (MUON, 5, "frobenius"), "Muon 4": (MUON, 4, "frobenius")}
   for k in steps:
-    fit = calibration_cache.coefficients_for_shape(shape, k, cache_dir=False)
+    fit = calibration.coefficients_for_shape(shape, k, cache_dir=False)
     sets[f"auto {k}"] = (fit.coefficients, k, "schatten4")
   return sets
 
 
 def _safety(coeffs, k):
-  envelope = coefficients_lib.polynomial_envelope(coefficients_lib.steps_schedule(coeffs, k), k)
+  envelope = polynomials.polynomial_envelope(polynomials.steps_schedule(coeffs, k), k)
   x = np.linspace(0.0, 1.0, 20001)
-  low = float(np.min(coefficients_lib.composed_polynomial(coefficients_lib.steps_schedule(coeffs, k), x, k)))
+  low = float(np.min(polynomials.composed_polynomial(polynomials.steps_schedule(coeffs, k), x, k)))
   return envelope.max_value, low
 
 
 def gaussian_rows(shapes, steps, seed):
   rows = []
   for shape in shapes:
-    s = calibration.matrix_singular_values(precision.gaussian(shape, seed))
+    s = spectra.matrix_singular_values(precision.gaussian(shape, seed))
     row = {"shape": f"{shape[0]}x{shape[1]}"}
     for name, (coeffs, k, norm) in _sets(shape, steps).items():
       high, low = _safety(coeffs, k)
-      row[name] = {"table1": calibration.orthogonalization_error(coeffs, s, k, norm),
+      row[name] = {"table1": spectra.orthogonalization_error(coeffs, s, k, norm),
                    "max": high, "min": low}
     rows.append(row)
   return rows
@@ -81,7 +82,7 @@ def momentum_rows(steps, train_steps, every, seed, sizes=MLP_SIZES):
     for m in mats:
       polar = precision.polar_factor(m)
       for name, (coeffs, k, norm) in sets[m.shape].items():
-        out = root_optax.newton_schulz(jnp.asarray(m, jnp.float32), coefficients_lib.steps_schedule(coeffs, k),
+        out = root_optax.newton_schulz(jnp.asarray(m, jnp.float32), polynomials.steps_schedule(coeffs, k),
                                        normalization=norm)
         errors[m.shape][name].append(
             float(np.linalg.norm(np.asarray(out, np.float64) - polar) / np.linalg.norm(polar)))

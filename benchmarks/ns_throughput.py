@@ -4,7 +4,7 @@ For each ``(batch, n, m)`` stack and dtype: one jitted 5-step
 ``root_optax.newton_schulz`` in its standard and Gram forms (in bf16 the
 Gram form restarts once, `newton_schulz.default_restarts`), and a plain batched ``(n x m) @ (m x n)`` matmul of
 the same operands, the practical limit on the same machine. FLOPs are counted
-explicitly (2 per multiply-add; `root_optax.newton_schulz.ns_flops`).
+explicitly (2 per multiply-add; `root_optax._src.newton_schulz.ns_flops`).
 ``ns_pct_of_matmul`` compares achieved FLOP/s; ``muon_equiv_gflops`` divides
 the standard form's FLOPs by the time (the work optax's Muon would do).
 
@@ -14,15 +14,13 @@ the standard form's FLOPs by the time (the work optax's Muon would do).
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _harness
+from root_optax._src import newton_schulz as ns_lib
 
-ns_lib = importlib.import_module("root_optax.newton_schulz")
+import _harness
 
 MUON5 = [(3.4445, -4.7750, 2.0315)] * 5
 SHAPES = [(4, 256, 1024), (4, 512, 512), (4, 512, 2048), (2, 768, 768), (2, 768, 3072), (1, 1024, 1024),

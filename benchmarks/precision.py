@@ -32,8 +32,10 @@ import numpy as np
 import optax
 
 import root_optax
-from root_optax import calibration
-from root_optax import coefficients as coefficients_lib
+from root_optax._src import calibration
+from root_optax._src import coefficients as coefficients_lib
+from root_optax._src import polynomials
+from root_optax._src import spectra
 
 jax.config.update("jax_enable_x64", True)  # float64 kernel check
 
@@ -79,11 +81,11 @@ def table1(shapes, seed):
   rows = []
   for shape in shapes:
     start = time.perf_counter()
-    s = calibration.matrix_singular_values(gaussian(shape, seed))
+    s = spectra.matrix_singular_values(gaussian(shape, seed))
     row = {"shape": f"{shape[0]}x{shape[1]}"}
     for name, table in tables().items():
       coeffs = coefficients_for(table, shape)
-      row[name] = None if coeffs is None else calibration.orthogonalization_error(
+      row[name] = None if coeffs is None else spectra.orthogonalization_error(
           coeffs, s, 5, table.normalization)
     row["seconds"] = time.perf_counter() - start
     rows.append(row)
@@ -104,7 +106,7 @@ def polar_factor(g):
 
 
 def kernel_error(g, polar, coeffs, normalization, dtype):
-  out = root_optax.newton_schulz(jnp.asarray(g, dtype), coefficients_lib.steps_schedule(coeffs, 5),
+  out = root_optax.newton_schulz(jnp.asarray(g, dtype), polynomials.steps_schedule(coeffs, 5),
                                  normalization=normalization, eps=0.0,
                                  precision=jax.lax.Precision.HIGHEST)
   diff = np.asarray(out, np.float64) - polar
@@ -116,14 +118,14 @@ def kernel_check(shapes, seed):
   for shape in shapes:
     g = gaussian(shape, seed)
     polar = polar_factor(g)
-    s = calibration.matrix_singular_values(g)
+    s = spectra.matrix_singular_values(g)
     for name, table in tables().items():
       coeffs = coefficients_for(table, shape)
       if coeffs is None:
         continue
       rows.append({
           "shape": f"{shape[0]}x{shape[1]}", "table": name,
-          "singular_values": calibration.orthogonalization_error(coeffs, s, 5, table.normalization),
+          "singular_values": spectra.orthogonalization_error(coeffs, s, 5, table.normalization),
           "kernel_f64": kernel_error(g, polar, coeffs, table.normalization, jnp.float64),
           "kernel_f32": kernel_error(g, polar, coeffs, table.normalization, jnp.float32),
       })
@@ -135,16 +137,16 @@ def unknown_shapes(shapes, seed):
   ada = root_optax.load_coefficients("ada")
   rows = []
   for shape in shapes:
-    s = calibration.matrix_singular_values(gaussian(shape, seed))
+    s = spectra.matrix_singular_values(gaussian(shape, seed))
     start = time.perf_counter()
     fresh = calibration.calibrate_shape(shape, prior_fraction=ADA_PRIOR_FRACTION)
     seconds = time.perf_counter() - start
     near = coefficients_lib.nearest_key(shape, ada.shapes)
     rows.append({
         "shape": f"{shape[0]}x{shape[1]}", "nearest": f"{near[0]}x{near[1]}",
-        "muon": calibration.orthogonalization_error(coefficients_lib.MUON_COEFFICIENTS, s),
-        "ada_nearest": calibration.orthogonalization_error(ada.lookup(shape)[0], s, 5, ada.normalization),
-        "fresh": calibration.orthogonalization_error(fresh.coefficients, s, 5, ada.normalization),
+        "muon": spectra.orthogonalization_error(coefficients_lib.MUON_COEFFICIENTS, s),
+        "ada_nearest": spectra.orthogonalization_error(ada.lookup(shape)[0], s, 5, ada.normalization),
+        "fresh": spectra.orthogonalization_error(fresh.coefficients, s, 5, ada.normalization),
         "calibrate_seconds": seconds,
     })
   return rows
@@ -229,7 +231,7 @@ def fig2(steps, every, sizes, seed):
       for m, polar in zip(mats, polars):
         coeffs = table.lookup(m.shape)[0]
         out = root_optax.newton_schulz(jnp.asarray(m, jnp.float32),
-                                       coefficients_lib.steps_schedule(coeffs, 5),
+                                       polynomials.steps_schedule(coeffs, 5),
                                        normalization=table.normalization)
         errs.append(np.linalg.norm(np.asarray(out, np.float64) - polar) / np.linalg.norm(polar))
       curves[name].append(float(np.mean(errs)))

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 import root_optax
-from root_optax import coefficients as coefficients_lib
+from root_optax._src import polynomials
 
 import _harness
 import _trees
@@ -94,7 +94,7 @@ def _bare_newton_schulz(spec, args):
   keys = jax.random.split(jax.random.PRNGKey(2), len(counts))
   stacks = {f"{m}x{n}": jax.random.normal(k, (c, m, n), jnp.float32)
             for k, ((m, n), c) in zip(keys, counts.items())}
-  coeffs = {f"{m}x{n}": coefficients_lib.steps_schedule(table.lookup((m, n))[0], 5) for m, n in counts}
+  coeffs = {f"{m}x{n}": polynomials.steps_schedule(table.lookup((m, n))[0], 5) for m, n in counts}
   fn = jax.jit(lambda xs: {k: root_optax.newton_schulz(x, coeffs[k]) for k, x in xs.items()})
   compiled = fn.lower(stacks).compile()
   return lambda: compiled(stacks)

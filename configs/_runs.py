@@ -35,15 +35,15 @@ def root_adanewton() -> dict:
 
 
 def robustness_config(base: ml_collections.ConfigDict, name: str, title: str,
-                      families, noise_kinds) -> ml_collections.ConfigDict:
+                      families, noise_kinds, *, rates) -> ml_collections.ConfigDict:
   """``base`` with one run per ``(family, noise kind)`` and the robustness report.
 
   ``families``: ``(name, optimizer, extra fields)`` triples; each run trains at
-  its optimizer's rate in ``configs/lm.py``'s ``LR``.
+  its optimizer's rate in ``rates`` (optimizer -> peak learning rate, e.g.
+  ``configs/lm.py``'s ``LR``).
   """
-  from configs import lm  # pylint: disable=import-outside-toplevel
   base.name, base.title, base.report = name, title, "robustness"
   base.runs = tuple(
-      run(f"{family} [{noise}]", optimizer, lm.LR[optimizer], family=family, noise=noise, **extra)
+      run(f"{family} [{noise}]", optimizer, rates[optimizer], family=family, noise=noise, **extra)
       for family, optimizer, extra in families for noise in noise_kinds)
   return base

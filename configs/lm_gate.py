@@ -27,4 +27,4 @@ NOISE = ("none", "spikes", "bursts")
 
 def get_config() -> ml_collections.ConfigDict:
   return robustness_config(lm.base_config(), "lm_gate", "outlier gate candidates (byte-level LM)",
-                           FAMILIES, NOISE)
+                           FAMILIES, NOISE, rates=lm.LR)

@@ -58,7 +58,7 @@ NOISE = ("none", "bursts")
 
 def get_config() -> ml_collections.ConfigDict:
   c = robustness_config(lm.base_config(), "lm_gpu", "byte-level GPT at GPU scale (bf16 compute)",
-                        FAMILIES, NOISE)
+                        FAMILIES, NOISE, rates=lm.LR)
   c.seeds = (0, 1)
   # One process on the accelerator, XLA's own threading (no single-core pinning).
   c.workers = 0

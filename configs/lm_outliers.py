@@ -42,4 +42,4 @@ NOISE = ("none", "spikes", "student_t", "bursts")
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return robustness_config(lm.base_config(), 'lm_outliers', 'robustness to gradient outliers (byte-level LM)', FAMILIES, NOISE)
+  return robustness_config(lm.base_config(), 'lm_outliers', 'robustness to gradient outliers (byte-level LM)', FAMILIES, NOISE, rates=lm.LR)

@@ -16,7 +16,7 @@ from configs._runs import root_paper
 from configs._runs import run
 
 # Chosen by configs/vision_sweep.py on validation accuracy, seeds 0-2.
-LR = {"adamw": 1e-2, "muon": 1e-2, "root": 3e-2, "root_paper": 3e-2}
+LR = {"adamw": 3e-2, "muon": 3e-2, "root": 3e-2, "root_paper": 3e-2}
 QUANTILES = (0.85, 0.90, 0.95)
 
 

@@ -1,7 +1,7 @@
 """Learning-rate sweep behind the rates in ``configs/vision.py``.
 
 AdamW, optax Muon, ROOT's default and ROOT as published (``variant="paper"``,
-p = 0.90) on a 4-point grid each, seeds 0-2, the same epochs and model. Runs
+p = 0.90) on a 4-point grid each (AdamW 5), seeds 0-2, the same epochs and model. Runs
 are scored on the validation split (held out of the training images; the test
 split is never used here); the rate with the best mean validation accuracy
 (ties: lower validation loss) goes into ``configs/vision.py``. Regenerate with::
@@ -17,7 +17,7 @@ from configs._runs import run
 
 GRID = (3e-3, 1e-2, 3e-2, 1e-1)
 FAMILIES = (
-    ("AdamW", "adamw", {}, (1e-3, 3e-3, 1e-2, 3e-2)),
+    ("AdamW", "adamw", {}, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
     ("Muon (optax)", "muon", {}, GRID),
     ("ROOT (default)", "root", {}, GRID),
     ("ROOT paper p=0.9", "root", dict(root_paper(), quantile=0.90), GRID),

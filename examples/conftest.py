@@ -1,4 +1,4 @@
-"""Fixtures of the examples' smoke tests (`examples/*/train_test.py`)."""
+"""Fixtures of the examples' tests (`examples/**/*_test.py`): smoke runs and unit tests."""
 
 import csv
 import os
@@ -37,3 +37,13 @@ def run_quick():
       return proc.stdout, list(csv.DictReader(f))
 
   return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory):
+  """Coefficients fitted in this process go to a temporary directory, not ~/.cache
+  (as in tests/conftest.py; the example processes the smoke runs start use their own)."""
+  import root_optax  # pylint: disable=import-outside-toplevel
+  root_optax.set_calibration_cache_dir(str(tmp_path_factory.mktemp("root_optax_cache")))
+  yield
+  root_optax.set_calibration_cache_dir(None)

@@ -151,7 +151,7 @@ def test_ns_steps_quick_fills_both_tables(tmp_path):
   stdout, results = _run_json("ns_steps.py", tmp_path, "--quick")
   [gauss] = results["gaussian"]
   assert gauss["shape"] == "128x128" and set(gauss) == {"shape", "Muon 5", "Muon 4", "auto 3"}
-  # Muon's triple at 5 steps peaks at 1.202 on [0, 1] (tests/test_coefficients.py).
+  # Muon's triple at 5 steps peaks at 1.202 on [0, 1] (tests/test_polynomials.py).
   assert gauss["Muon 5"]["max"] == pytest.approx(1.202, abs=1e-3)
   assert gauss["auto 3"]["max"] <= 1.5 and gauss["auto 3"]["min"] >= 0
   assert gauss["Muon 5"]["table1"] < gauss["Muon 4"]["table1"]

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import root_optax
-from root_optax import dimensions
+from root_optax._src import dimensions
 
 STEPS = 20
 

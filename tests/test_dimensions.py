@@ -1,15 +1,12 @@
-"""Tests for root_optax.dimensions and root_optax.labels."""
+"""Tests for root_optax._src.dimensions: matrix views and resolving dimension numbers."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import root_optax
-from root_optax import dimensions
-from root_optax import labels
-from root_optax import stacking
+from root_optax._src import dimensions
 
 DN = root_optax.DimensionNumbers
 
@@ -46,28 +43,6 @@ def test_resolve_defaults_and_errors():
     dimensions.resolve({"w": None, "s": None, "b": DN(0, 1)}, tree)
   with pytest.raises(TypeError, match="weight_dimension_numbers"):
     dimensions.validate_spec({"w": "rows"})
-
-
-def test_stack_merges_orientations_and_splits_dtypes_and_tags():
-  mats = [jnp.ones((1, 4, 8)), jnp.ones((1, 8, 4)), jnp.ones((2, 4, 4)), jnp.ones((1, 4, 8), jnp.bfloat16),
-          jnp.ones((1, 4, 8))]
-  stacks, plan = stacking.stack(mats, [None, None, None, None, "other"])
-  G = stacking.GroupKey
-  assert [(m.key, m.indices, m.sizes) for m in plan] == [
-      (G(4, 8, "float32"), [0, 1], [1, 1]), (G(4, 4, "float32"), [2], [2]),
-      (G(4, 8, "bfloat16"), [3], [1]), (G(4, 8, "float32", "other"), [4], [1])]
-  assert stacks[G(4, 8, "float32")].shape == (2, 4, 8)
-  assert G(4, 8, "float32").shape == (4, 8)
-
-
-def test_mask_like_restores_masked_nodes():
-  masked = {"a": jnp.ones(2), "b": optax.MaskedNode()}
-  assert labels.mask_like({"a": False, "b": True}, masked) == {"a": False, "b": optax.MaskedNode()}
-
-
-def test_resolve_labels_rejects_unknown_labels():
-  with pytest.raises(ValueError, match="param_labels"):
-    labels.resolve_labels({"w": "sgd"}, {"w": jnp.ones((2, 2))})
 
 
 PREFIX_PARAMS = {"w1": {"a": jnp.ones((4, 6)), "b": jnp.ones(6)},

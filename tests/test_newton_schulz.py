@@ -7,6 +7,8 @@ import pytest
 
 import _reference
 import root_optax
+from root_optax._src import newton_schulz as ns_lib
+from root_optax._src import normalization
 
 MUON5 = [_reference.MUON] * 5
 SHAPES = [(1, 1), (1, 9), (9, 1), (6, 10), (10, 6), (16, 16)]
@@ -208,3 +210,9 @@ def test_rejects_restarts_outside_the_steps():
     root_optax.newton_schulz(jnp.ones((3, 9)), MUON5, gram_restarts=(0,))
   with pytest.raises(ValueError, match="gram_restarts"):
     root_optax.newton_schulz(jnp.ones((3, 9)), MUON5, gram_restarts=(2.5,))
+
+
+def test_frobenius_normalize_divides_by_the_shared_norm():
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(3, 5, 7)) * 1e30, jnp.float32)
+  expected = x / (normalization.frobenius_norm(x, keepdims=True) + 1e-7)
+  np.testing.assert_array_equal(ns_lib.frobenius_normalize(x, 1e-7), expected)

@@ -1,6 +1,6 @@
-"""Tests for root_optax.orthogonalize: grouping, per-shape dispatch, fallback."""
+"""Tests for root_optax._src.orthogonalize: grouping, per-shape dispatch, fallback, 'auto'."""
 
-import importlib
+import logging
 import warnings
 
 import jax
@@ -10,10 +10,10 @@ import pytest
 
 import _reference
 import root_optax
+from root_optax._src import newton_schulz as ns_lib
 
-# The package re-exports the function `newton_schulz`, shadowing the module name.
-ns_lib = importlib.import_module("root_optax.newton_schulz")
 
+MUON = (3.4445, -4.7750, 2.0315)
 TABLE = {"8x16": (3.0, -3.2, 1.2), "8x8": [(4.0, -6.0, 2.5), (3.0, -3.0, 1.0), (1.875, -1.25, 0.375)]}
 
 
@@ -146,3 +146,35 @@ def test_table_normalization_is_used_by_default(monkeypatch):
   tx = root_optax.ada_newton_orthogonalize(table, normalization="aol")
   tx.update(tree, tx.init(tree))
   assert seen == ["schatten4", "aol"]
+
+
+@pytest.mark.parametrize("spec, warns", [(MUON, False), ("muon", False), ({"4x4": MUON}, True)])
+def test_only_shape_keyed_tables_warn_about_unknown_shapes(spec, warns):
+  tree = {"w": jax.ShapeDtypeStruct((6, 10), jnp.float32)}
+  tx = root_optax.ada_newton_orthogonalize(spec)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    jax.eval_shape(tx.update, tree, tx.init(tree))  # traces, compiles nothing
+  assert any("no entry for shapes 6x10" in str(w.message) for w in caught) == warns
+
+
+def test_auto_table_calibrates_under_eval_shape_and_jit_and_logs_one_line(tmp_path, caplog):
+  params = {"a": jnp.ones((20, 44)), "b": jnp.ones((44, 20)), "c": jnp.ones((12, 300))}
+  tx = root_optax.root(1e-2, ns_coeffs="auto", calibration_cache_dir=str(tmp_path))
+  with caplog.at_level(logging.INFO, logger="root_optax"):
+    state = jax.eval_shape(tx.init, params)
+    out = jax.eval_shape(tx.update, params, state, params)
+    jax.jit(tx.update)(params, tx.init(params), params)
+  assert jax.tree.map(lambda x: x.shape, out[0]) == jax.tree.map(lambda x: x.shape, params)
+  lines = [r.message for r in caplog.records if "calibrated" in r.message]
+  assert len(lines) == 1 and "20x44" in lines[0] and "12x300" in lines[0]
+
+
+def test_auto_table_recalibrates_entries_fitted_for_other_step_counts(tmp_path):
+  params = {"w": jnp.ones((256, 768))}
+  grads = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((256, 768)), jnp.float32)}
+  tx = root_optax.ada_newton_orthogonalize("auto", ns_steps=3, cache_dir=str(tmp_path))
+  out, _ = tx.update(grads, tx.init(params))
+  assert len(list(tmp_path.glob("*.json"))) == 1  # the shipped 5-step entry was not used
+  s = np.linalg.svd(np.asarray(out["w"], np.float64), compute_uv=False)
+  assert np.all(np.abs(s - 1.0) < 0.3)

@@ -1,4 +1,4 @@
-"""Tests for root_optax.outliers."""
+"""Tests for root_optax._src.outliers (the quantiles it uses: `test_quantiles.py`)."""
 
 import functools
 
@@ -7,45 +7,12 @@ import hypothesis
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import _reference
 import root_optax
-from root_optax import _counting
-from root_optax import quantiles
-
-SHAPES = [(1, 1), (1, 7), (9, 1), (5, 8), (33, 17), (64, 64)]
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("q", [0.5, 0.85, 0.9, 0.99, 1.0])
-def test_quantiles_match_numpy(shape, q):
-  m = np.random.default_rng(1).standard_t(2, size=(3,) + shape).astype(np.float32)
-  expected = np.quantile(np.abs(m).reshape(3, -1).astype(np.float64), q, axis=-1)
-  exact = root_optax.exact_abs_quantile(jnp.asarray(m), q)
-  fast = root_optax.fast_abs_quantiles([jnp.asarray(m)], q)[0]
-  np.testing.assert_allclose(exact, expected, rtol=2e-6)
-  np.testing.assert_allclose(fast, expected, rtol=2e-6)
-
-
-def test_fast_quantile_with_ties_and_zeros():
-  m = np.zeros((10, 10), np.float32)
-  m[:3] = 2.0
-  m[3, :5] = -1.0
-  for q in (0.5, 0.65, 0.7, 0.72, 0.9):
-    expected = np.quantile(np.abs(m), q)
-    np.testing.assert_allclose(root_optax.fast_abs_quantiles([jnp.asarray(m)], q)[0], expected, rtol=1e-6)
-
-
-def test_fast_quantile_bf16_and_huge_values():
-  m = jnp.asarray([[1e30, -3e29, 2.0, 0.0]], jnp.float32)
-  np.testing.assert_allclose(root_optax.fast_abs_quantiles([m], 0.5)[0], np.quantile(np.abs(np.asarray(m)), 0.5), rtol=1e-6)
-  b = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.bfloat16)
-  expected = np.quantile(np.abs(np.asarray(b, np.float32)), 0.9)
-  np.testing.assert_allclose(root_optax.fast_abs_quantiles([b], 0.9)[0], expected, rtol=1e-6)
 
 
 # A few shapes (1xN and Nx1 among them), so that the jitted functions compile
@@ -148,38 +115,6 @@ def test_invalid_hyperparameters(kwargs, name):
     root_optax.soft_threshold_outliers(**kwargs)
 
 
-def _sort_sizes(jaxpr) -> list[int]:
-  """Sizes of every operand sorted anywhere in ``jaxpr`` (sub-jaxprs included)."""
-  sizes = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "sort":
-      sizes += [v.aval.size for v in eqn.invars]
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      sizes += _sort_sizes(sub)
-  return sizes
-
-
-def test_fast_method_sorts_only_a_small_sample():
-  m = jnp.ones((2, 256, 256))
-  fast = jax.make_jaxpr(lambda x: quantiles.fast_abs_quantiles([x], 0.9))(m).jaxpr
-  assert _sort_sizes(fast) and max(_sort_sizes(fast)) <= 2 * 1025  # a sample per matrix
-  exact = jax.make_jaxpr(lambda x: quantiles.exact_abs_quantile(x, 0.9))(m).jaxpr
-  assert max(_sort_sizes(exact)) == m.size
-
-
-def test_fast_quantile_is_exact_when_the_sample_misleads():
-  """A sample bracket that misses (structured data) only costs passes, never accuracy."""
-  rows, cols = 256, 384
-  rng = np.random.default_rng(5)
-  flat = rng.uniform(0.0, 1.0, rows * cols).astype(np.float32)
-  stride = _counting.sample_stride(rows, cols)
-  flat[::stride] = rng.uniform(100.0, 200.0, flat[::stride].size)  # every sampled entry is huge
-  m = flat.reshape(rows, cols)
-  for q in (0.3, 0.5, 0.9, 0.999):
-    expected = np.quantile(np.abs(m).astype(np.float64), q)
-    np.testing.assert_allclose(root_optax.fast_abs_quantiles([jnp.asarray(m)], q)[0], expected, rtol=1e-6)
-
-
 def test_same_shape_leaves_get_their_own_thresholds():
   """Leaves are stacked by shape for the selection; each keeps its own quantile."""
   rng = np.random.default_rng(4)
@@ -196,78 +131,6 @@ def test_same_shape_leaves_get_their_own_thresholds():
     for k in range(2):
       m = tree["v"][k].astype(np.float64)
       np.testing.assert_allclose(out["v"][k], _reference.clip_outliers(m, _reference.threshold(m)), rtol=1e-6)
-
-
-def _rank_error(m: np.ndarray, value: float, q: float) -> int:
-  """Entries of ``|m|`` strictly between ``value`` and the exact quantile (float64)."""
-  a = np.abs(m.astype(np.float64)).ravel()
-  lo, hi = sorted((float(value), float(np.quantile(a, q))))
-  return int(np.count_nonzero((a > lo) & (a < hi)))
-
-
-_DISTRIBUTIONS = {
-    "normal": lambda rng, shape: rng.normal(size=shape),
-    "cauchy": lambda rng, shape: rng.standard_t(1, size=shape),
-    "uniform": lambda rng, shape: rng.uniform(size=shape),
-    "ties": lambda rng, shape: rng.integers(-20, 21, size=shape) * 0.5,
-    "scaled_rows": lambda rng, shape: rng.normal(size=shape) * np.logspace(-3, 3, shape[-2])[:, None],
-}
-
-
-_jitted_fast_quantile = jax.jit(lambda m, q, tolerance: root_optax.fast_abs_quantiles([m], q, tolerance)[0])
-
-
-@pytest.mark.parametrize("dist", sorted(_DISTRIBUTIONS))
-@pytest.mark.parametrize("shape", [(3, 96, 160), (256, 130)])
-def test_rank_tolerance_bounds_the_rank_error(dist, shape):
-  m = _DISTRIBUTIONS[dist](np.random.default_rng(7), shape).astype(np.float32)
-  mats = m.reshape((-1,) + shape[-2:])
-  for q in (0.5, 0.9, 0.99):
-    for tolerance in (1e-3, 1e-2, 0.1):
-      got = _jitted_fast_quantile(jnp.asarray(m), q, tolerance)
-      allowed = int(np.floor(np.float32(tolerance) * mats[0].size))
-      for mat, value in zip(mats, np.ravel(got)):
-        assert _rank_error(mat, value, q) <= allowed, (q, tolerance)
-
-
-@hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(
-    m=hnp.arrays(np.float32, st.sampled_from([(1, 1), (1, 30), (30, 1), (2, 3), (7, 13), (17, 16), (30, 30)]),
-                 elements=st.sampled_from([0.0, 0.5, -1.0, 2.0, 1e-30, 3e30, 7.0])
-                 | st.floats(-1e6, 1e6, width=32)),
-    q=st.floats(0.0, 1.0),
-    tolerance=st.sampled_from([0.0, 0.01, 0.1, 0.5]))
-def test_rank_tolerance_property(m, q, tolerance):
-  got = float(_jitted_fast_quantile(jnp.asarray(m), q, tolerance))
-  allowed = int(np.floor(np.float32(tolerance) * m.size))
-  assert _rank_error(m, got, q) <= allowed
-  if allowed == 0:
-    # A traced q puts the rank p (n - 1) in float32: its fraction is off by up to
-    # n * 2**-23, and the interpolated value by that share of the gap it lies in.
-    s = np.sort(np.abs(m.astype(np.float64)).ravel())
-    k = int(np.floor(q * (m.size - 1)))
-    atol = (s[min(k + 1, m.size - 1)] - s[k]) * m.size * 2.0**-23
-    np.testing.assert_allclose(got, np.quantile(np.abs(m.astype(np.float64)), q), rtol=1e-6, atol=atol)
-
-
-def test_rank_tolerance_stops_early():
-  """A 5% tolerance ends the search before the order statistics are read.
-
-  Guards the speed knob: were the early stop dead, the value would be the exact
-  quantile. The error stays within 5% of the entries.
-  """
-  m = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)
-  got = float(root_optax.fast_abs_quantiles([jnp.asarray(m)], 0.9, 0.05)[0])
-  assert 0 < _rank_error(m, got, 0.9) <= 0.05 * m.size
-
-
-def test_rank_tolerance_value_does_not_depend_on_stacking():
-  """Each matrix's value comes from its own search, whether stacked with others or not."""
-  rng = np.random.default_rng(3)
-  ms = [jnp.asarray(rng.standard_t(3, size=s).astype(np.float32)) for s in ((3, 64, 96), (64, 96), (96, 64))]
-  together = quantiles.abs_quantiles(ms, 0.9, quantiles.FAST, 0.01)
-  for m, value in zip(ms, together):
-    np.testing.assert_array_equal(value, quantiles.abs_quantiles([m], 0.9, quantiles.FAST, 0.01)[0])
 
 
 @pytest.mark.parametrize("p", [0.8, 0.9])
@@ -290,13 +153,6 @@ def test_tree_without_matrices_passes_through():
   assert root_optax.fast_abs_quantiles([], 0.9) == []
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"method": "sort"}, "method"), ({"rank_tolerance": 1.0}, "rank_tolerance")])
-def test_abs_quantiles_validates(kwargs, name):
-  with pytest.raises(ValueError, match=name):
-    quantiles.abs_quantiles([jnp.ones((3, 3))], 0.9, **kwargs)
-
-
 def test_opaque_offsets_change_only_how_stacks_are_cut():
   rng = np.random.default_rng(7)
   tree = {"a": jnp.asarray(rng.standard_t(2, (6, 10)), jnp.float32),
@@ -311,3 +167,75 @@ def test_opaque_offsets_change_only_how_stacks_are_cut():
   assert float(jnp.max(jnp.abs(outs[1][0]["b"] - tree["b"]))) > 0  # the clip acted on the tall leaf
   with pytest.raises(TypeError, match="opaque_offsets"):
     root_optax.soft_threshold_outliers(opaque_offsets=1)
+
+
+def _spiked(shape, fraction=1e-3, scale=100.0, seed=0):
+  """A Gaussian gradient with ``fraction`` of its entries given an added ±scale x rms."""
+  rng = np.random.default_rng(seed)
+  g = rng.standard_normal(shape).astype(np.float32)
+  hit = rng.random(shape) < fraction
+  spikes = scale * np.sqrt(np.mean(g**2)) * rng.choice([-1.0, 1.0], shape)
+  return np.where(hit, g + spikes, g).astype(np.float32), hit
+
+
+def _gate(multiplier=3.0, method="fast"):
+  return root_optax.soft_threshold_outliers(0.9, method=method, multiplier=multiplier,
+                                            track_outliers=True, name="gate")
+
+
+@pytest.mark.parametrize("method", ["fast", "exact"])
+def test_gate_clips_almost_nothing_of_a_clean_gaussian_and_every_spike(method):
+  clean = np.random.default_rng(1).standard_normal((1024, 1024)).astype(np.float32)
+  tx = _gate(method=method)
+  out, state = tx.update({"w": jnp.asarray(clean)}, tx.init({"w": clean}))
+  clipped = float(np.mean(np.asarray(out["w"]) != clean))
+  assert clipped < 1e-4  # under 0.01% of the entries
+  assert float(root_optax.diagnostics(state)["gate/1024x1024/clipped_fraction"]) == pytest.approx(clipped)
+
+  spiked, hit = _spiked((512, 1024), seed=2)
+  out, state = tx.update({"w": jnp.asarray(spiked)}, tx.init({"w": spiked}))
+  out = np.asarray(out["w"])
+  eps = 3.0 * np.quantile(np.abs(spiked.astype(np.float64)), 0.9) + 1e-9
+  assert np.all(np.abs(out[hit]) <= eps * (1 + 1e-6))  # every spike is clipped...
+  assert np.abs(spiked[hit]).min() > eps  # ...and every spike was beyond the gate
+  np.testing.assert_allclose(out, _reference.gate(spiked.astype(np.float64)), rtol=1e-5, atol=1e-6)
+  figures = root_optax.diagnostics(state)
+  assert figures["gate/512x1024/clipped_fraction"] * spiked.size == pytest.approx(hit.sum(), abs=2)
+  removed = np.linalg.norm(spiked.astype(np.float64) - out)
+  assert figures["gate/512x1024/removed_norm"] == pytest.approx(removed, rel=1e-4)
+  assert figures["gate/512x1024/threshold"] == pytest.approx(eps, rel=1e-5)
+
+
+@functools.cache
+def _jitted_gate(multiplier):
+  tx = _gate(multiplier)
+  return tx, jax.jit(tx.update)
+
+
+# Multipliers and shapes (1xN and Nx1 among them) from small pools, so that
+# the jitted gate compiles once per pair rather than once per example.
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**31 - 1), multiplier=st.sampled_from([1.0, 1.7, 3.0, 10.0]),
+                  shape=st.sampled_from([(1, 30), (30, 1), (7, 13), (30, 30)]))
+def test_gated_base_plus_outliers_is_the_input_and_is_bounded(seed, multiplier, shape):
+  m = np.random.default_rng(seed).standard_t(2, size=shape).astype(np.float32)
+  tx, update = _jitted_gate(multiplier)
+  out, state = update({"w": jnp.asarray(m)}, tx.init({"w": m}))
+  base = np.asarray(out["w"])
+  eps = float(state.stats["gate"].threshold["w"][0])
+  np.testing.assert_allclose(eps, multiplier * np.quantile(np.abs(m.astype(np.float64)), 0.9) + 1e-9,
+                             rtol=1e-5)
+  assert np.all(np.abs(base) <= np.float32(eps))
+  outliers = np.sign(m) * np.maximum(np.abs(m) - np.float32(eps), 0)
+  np.testing.assert_allclose(base + outliers, m, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["exact", "fast"])
+def test_all_equal_entries_are_not_clipped(method):
+  # quantile == every |entry|: eps = v + 1e-9 >= v, so nothing is an outlier.
+  m = jnp.full((3, 5, 7), -0.25, jnp.float32)
+  tx = root_optax.soft_threshold_outliers(0.9, method=method, track_outliers=True,
+                                          weight_dimension_numbers=root_optax.DimensionNumbers(1, 2))
+  out, state = jax.jit(tx.update)({"m": m}, tx.init({"m": m}))
+  np.testing.assert_array_equal(out["m"], m)
+  assert float(state.outlier_fraction["m"]) == 0.0

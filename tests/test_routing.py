@@ -16,8 +16,6 @@ PARAMS = {"embed": jnp.zeros((256, 64)), "w": jnp.zeros((64, 128)), "v": jnp.zer
           "b": jnp.zeros(128), "conv": jnp.zeros((3, 3, 4, 8)), "stack": jnp.zeros((4, 64, 128))}
 
 
-
-
 def test_default_routes_match_what_root_does():
   found = {r.path: r for r in root_optax.routes(PARAMS)}
   assert {p for p, r in found.items() if r.label == "root"} == {"w", "v"}
@@ -84,21 +82,6 @@ def test_nnx_state_paths_have_no_value_suffix():
   assert jax.tree.leaves(router(state)) == jax.tree.leaves(router(nnx.as_pure(state))) == ["adam", "adam"]
 
 
-def test_an_unmatched_route_by_path_pattern_is_warned_once(caplog):
-  router = root_optax.route_by_path(("embedding", "w", "lm_head", "head"))
-  params = {"embed": jnp.zeros((8, 4)), "w": jnp.zeros((4, 4)), "head": jnp.zeros((4, 8))}
-  with caplog.at_level(logging.WARNING, logger="root_optax"):
-    router(params)
-    router(params)
-  warned = [r.getMessage() for r in caplog.records if "route_by_path" in r.getMessage()]
-  # 'lm_head' is covered by 'head', which matched; 'embedding' is a typo of 'embed'.
-  assert len(warned) == 1 and "'embedding'" in warned[0] and "lm_head" not in warned[0]
-  caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="root_optax"):
-    root_optax.route_by_path()(params)  # the default patterns are alternatives: no warning
-  assert not caplog.records
-
-
 def test_labels_and_dimension_numbers_are_followed():
   dims = {"embed": None, "w": root_optax.DimensionNumbers(), "v": None, "b": None,
           "conv": root_optax.DimensionNumbers((0, 1, 2), 3), "stack": root_optax.DimensionNumbers(1, 2)}
@@ -143,7 +126,7 @@ def test_root_logs_the_routing_once_at_init(caplog):
 
 @pytest.mark.parametrize("module", ["alias", "diagnostics", "routing"])
 def test_docstring_examples_run(module):
-  result = doctest.testmod(importlib.import_module(f"root_optax.{module}"), optionflags=doctest.ELLIPSIS)
+  result = doctest.testmod(importlib.import_module(f"root_optax._src.{module}"), optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0
 
 

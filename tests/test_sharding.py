@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from root_optax import sharding as sharding_lib
+from root_optax._src import sharding as sharding_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import hlo_stats  # noqa: E402  (benchmarks/hlo_stats.py)

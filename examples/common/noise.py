@@ -20,7 +20,7 @@ NOISE_KINDS = ("none", "spikes", "student_t", "bursts")
 # fold_in tags: the per-step burst decision and the per-step leaf keys are
 # separate streams of the same (noise seed, step) key.
 # _BURST_TAG = 0 is the first tag (0, 1, ...) with >= 2 burst steps in 300 for
-# each of the default seeds 0, 1, 2 (5, 4 and 2; `tests/test_examples.py`).
+# each of the default seeds 0, 1, 2 (5, 4 and 2; `examples/common/noise_test.py`).
 _BURST_TAG, _LEAVES_TAG = 0, 0x6C656166
 
 

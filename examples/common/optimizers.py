@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from optax.contrib import MuonDimensionNumbers
@@ -29,10 +30,10 @@ def schedule(lr: float, warmup: int, total: int) -> optax.Schedule:
       0.0, lr, max(warmup, 1), max(total, warmup + 1), end_value=0.1 * lr)
 
 
-# `route_by_path(ADAM_PATHS)`'s rule, without its warning for a pattern no path
-# contains: optax's Muon calls `muon_dimension_numbers` on subtrees that hold
-# no embedding or head, and `is_hidden` may see one too.
-_ROUTER = root_optax.labels.PathRouter(ADAM_PATHS, warn_unmatched=False)
+# `route_by_path(ADAM_PATHS)` without its warning for a pattern no path contains:
+# optax's Muon calls `muon_dimension_numbers` on subtrees that hold no embedding
+# or head, and `is_hidden` may see one too.
+_ROUTER = root_optax.route_by_path(ADAM_PATHS, warn_unmatched=False)
 
 
 def muon_dimension_numbers(params: Any) -> Any:
@@ -42,13 +43,21 @@ def muon_dimension_numbers(params: Any) -> Any:
       lambda label: MuonDimensionNumbers() if label == "root" else None, labels)
 
 
+# Named weight-decay masks a config can ask for (configs hold data, not functions).
+WEIGHT_DECAY_MASKS = {
+    # Decay the matrices only: biases, norm scales and other vectors are spared.
+    "matrices": lambda params: jax.tree.map(lambda x: jnp.ndim(x) >= 2, params),
+}
+
+
 def make_optimizer(run: ml_collections.ConfigDict, common: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """Builds one run's optimizer.
 
   Args:
     run: ``optimizer`` in `OPTIMIZERS`, ``lr``, and for ROOT ``root`` (keyword
-      arguments of `root_optax.root`).
+      arguments of `root_optax.root`; a ``weight_decay_mask`` is a name in
+      `WEIGHT_DECAY_MASKS`).
     common: ``warmup``, ``weight_decay``, ``b1``, ``b2`` shared by all runs.
     total_steps: Length of the cosine schedule.
 
@@ -67,6 +76,8 @@ def make_optimizer(run: ml_collections.ConfigDict, common: ml_collections.Config
         muon_weight_dimension_numbers=muon_dimension_numbers)
   if run.optimizer == ROOT:
     kwargs = dict(run.get("root", {}))
+    if "weight_decay_mask" in kwargs:
+      kwargs["weight_decay_mask"] = WEIGHT_DECAY_MASKS[kwargs["weight_decay_mask"]]
     return root_optax.root(
         lr, weight_decay=wd, adam_b1=b1, adam_b2=b2,
         param_labels=root_optax.route_by_path(ADAM_PATHS), **kwargs)

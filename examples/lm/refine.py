@@ -58,8 +58,9 @@ from configs._runs import run as make_run
 from examples.common import runtime
 from examples.common import stats
 from examples.lm import train
-from root_optax import coefficients as coefficients_lib
-from root_optax import spectra as spectra_lib
+from root_optax._src import coefficients as coefficients_lib
+from root_optax._src import polynomials
+from root_optax._src import spectra as spectra_lib
 
 # root()'s momentum decay: the beta of the Nesterov input the baseline feeds Newton-Schulz.
 ROOT_BETA = inspect.signature(root_optax.root).parameters["beta"].default
@@ -167,7 +168,7 @@ def _polar_factor(x: np.ndarray) -> np.ndarray:
 def _kernel_error(x: np.ndarray, coeffs: np.ndarray, normalization: str, ns_steps: int) -> float:
   """``||NS(x) - U V^T||_F / ||U V^T||_F`` with the float32 `root_optax.newton_schulz`."""
   out = root_optax.newton_schulz(jnp.asarray(x, jnp.float32),
-                                 coefficients_lib.steps_schedule(coeffs, ns_steps),
+                                 polynomials.steps_schedule(coeffs, ns_steps),
                                  normalization=normalization)
   polar = _polar_factor(x)
   return float(np.linalg.norm(np.asarray(out, np.float64) - polar) / np.linalg.norm(polar))

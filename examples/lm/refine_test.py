@@ -15,7 +15,8 @@ from configs import lm_refine
 from examples.common import runtime
 from examples.lm import refine
 from examples.lm import train
-from root_optax import coefficients as coefficients_lib
+from root_optax._src import coefficients as coefficients_lib
+from root_optax._src import polynomials
 
 MODULE = "examples.lm.refine"
 QUICK = runtime.apply_quick(lm_refine.get_config())
@@ -80,7 +81,7 @@ def test_refine_quick(run_quick, tmp_path):
   table = (tmp_path / "table.md").read_text()
   assert table in stdout
   assert all(f"| {name} | 1 |" in table for name in VARIANTS)
-  muon = coefficients_lib.steps_schedule(coefficients_lib.MUON_COEFFICIENTS, 5)
+  muon = polynomials.steps_schedule(coefficients_lib.MUON_COEFFICIENTS, 5)
   for name in VARIANTS:
     path = tmp_path / f"coefficients_seed0_{refine._slug(name)}.json"  # pylint: disable=protected-access
     table = root_optax.load_coefficients(str(path))

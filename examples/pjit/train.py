@@ -4,7 +4,7 @@ The parameters live on a ``('data', 'model')`` mesh as `NamedSharding`
 arrays: attention and MLP kernels Megatron-style (column / row parallel over
 ``'model'``, their other axis over ``'data'``, FSDP), the batch over
 ``'data'``. `root(sharding='auto')` orthogonalises whole matrices per device
-(`root_optax.sharding`); ``config.sharding = 'none'`` leaves Newton-Schulz to XLA's
+(`root`'s ``sharding=``); ``config.sharding = 'none'`` leaves Newton-Schulz to XLA's
 partitioner for comparison. The command line (`examples/pjit/main.py`) asks
 XLA for 8 CPU host devices (unless XLA_FLAGS already sets a count); on
 GPUs/TPUs it uses the devices there are, unchanged.
@@ -50,7 +50,7 @@ def make_mesh() -> jax.sharding.Mesh:
   model = next(m for m in (4, 2, 1) if n % m == 0)
   # Explicit axes: every array's sharding is part of its type, so that the
   # optimizer knows each matrix's layout and moves whole matrices to devices
-  # with all-to-alls (`root_optax.sharding`); the model runs with Auto axes.
+  # with all-to-alls (`root`'s ``sharding=``); the model runs with Auto axes.
   return jax.make_mesh((n // model, model), ("data", "model"),
                        axis_types=(AxisType.Explicit, AxisType.Explicit))
 

@@ -1,0 +1,1 @@
+"""root_optax's implementation: private, import from `root_optax`."""
