@@ -61,3 +61,18 @@ def test_schedule_warms_up_and_decays():
   assert float(sched(0)) == 0.0 and abs(float(sched(10)) - 1.0) < 1e-6
   assert abs(float(sched(100)) - 0.1) < 1e-6
   assert isinstance(optax.adamw(sched), optax.GradientTransformation)
+
+
+def test_matrices_mask_spares_vectors_from_weight_decay():
+  params = tiny_params()
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  base = ml_collections.ConfigDict(dict(warmup=1, weight_decay=0.1, b1=0.9, b2=0.95))
+  updates = {}
+  for mask in ("", "matrices"):
+    run = ml_collections.ConfigDict(dict(optimizer="root", lr=1e-2,
+                                         root=dict(weight_decay_mask=mask) if mask else {}))
+    updates[mask] = two_steps(optimizers.make_optimizer(run, base, 10), params, zeros)
+  # With a zero gradient the update is the decay alone: the mask removes it from the vector only.
+  assert float(jnp.abs(updates[""]["block"]["scale"]).max()) > 0
+  np.testing.assert_array_equal(updates["matrices"]["block"]["scale"], 0.0)
+  np.testing.assert_array_equal(updates["matrices"]["block"]["kernel"], updates[""]["block"]["kernel"])
