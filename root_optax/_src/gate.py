@@ -214,13 +214,13 @@ def gate_outliers(
     plan = stacking.plan(views.matrices)
     # Histories in the stacks' wide orientation: a tall matrix's rows are its stack's columns.
     rows, cols = zip(*(_oriented(s.row_scale, s.col_scale, m) for s, m in zip(olds, views.matrices)))
-    extra = [[b.norm_ema for b in leaf_state.matrix_entries(state.stats[_BURSTS], views)]] if guard else []
-    results = plan.apply(gate_and_guard, rows, cols, *extra)
+    old_bursts = leaf_state.matrix_entries(state.stats[_BURSTS], views) if guard else []
+    emas = [[b.norm_ema for b in old_bursts]] if guard else []
+    results = plan.apply(gate_and_guard, rows, cols, *emas)
     figures = plan.cut_columns({key: figures for key, (_, figures) in results.items()})
     stats = {name: leaf_state.stats_trees(GateStats, [
         _gate_stats(old, m, f) for old, m, f in zip(olds, views.matrices, figures)], views)}
     if guard:
-      old_bursts = leaf_state.matrix_entries(state.stats[_BURSTS], views)
       stats[_BURSTS] = leaf_state.stats_trees(bursts.BurstStats, [
           bursts.BurstStats(old.matrix_shape, f[4][:, 0], old.caught + f[5][:, 0].astype(jnp.int32))
           for old, f in zip(old_bursts, figures)], views)
